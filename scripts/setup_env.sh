@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment from the committed constraints.
+# Idempotent: reinstalls only when constraints.txt or pyproject.toml changed since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${ANOMALY_OV_VENV:-.venv}
+python=${PYTHON:-python3}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+stamp="$venv/.anomaly-ov-installed"
+want=$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "[setup] installing anomaly-ov into $venv (pinned by constraints.txt)"
+  "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
+  # torch/torchvision are pinned exactly in constraints.txt, so pip never resolves a torch download.
+  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,reasoning]"
+  echo "$want" > "$stamp"
+fi
