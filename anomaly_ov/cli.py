@@ -10,8 +10,14 @@ import sys
 from anomaly_ov.offline import enforce_offline
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-synthetic": ("anomaly_ov.data.synthetic", "write the synthetic anomaly dataset (the embedded default)"),
-    "make-tiny-zoo": ("anomaly_ov.models.zoo", "build the tiny offline model zoo (vision towers, LLM, LLaVA-OV)"),
+    "make-synthetic": (
+        "anomaly_ov.data.synthetic",
+        "write the synthetic anomaly dataset (the embedded default)",
+    ),
+    "make-tiny-zoo": (
+        "anomaly_ov.models.zoo",
+        "build the tiny offline model zoo (vision towers, LLM, LLaVA-OV)",
+    ),
 }
 
 
