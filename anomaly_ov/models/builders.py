@@ -1,0 +1,213 @@
+"""Builders: the only code that maps flat config values to the vision towers and the anomaly expert.
+
+Hydra configs point ``_target_`` at these functions (``configs/model/vision/*.yaml``,
+``configs/model/expert/*.yaml``).
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.vision import FrozenVisionTower, HFVisionTower, OpenCLIPVisionTower
+
+VisionBackend = Literal["siglip", "clip", "llava_onevision", "open_clip"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bar; the loading info is checked by the caller."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    progress_bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bar:
+            hf_logging.enable_progress_bar()
+
+
+def _raise_on_incomplete_load(info: dict[str, object], name_or_path: str, what: str) -> None:
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ValueError(
+            f"{name_or_path}: the {what} weights are incomplete (missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}, shape mismatches {mismatched[:20]}); the tower would be "
+            "partly random."
+        )
+
+
+def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[torch.nn.Module, int]:
+    """Load only the vision tower of a LLaVA-OneVision checkpoint (the LLM weights are never materialised).
+
+    Returns:
+        The vision model and the number of prefix tokens LLaVA-OneVision drops from it
+        (``vision_feature_select_strategy``: "default" drops the class token, "full" keeps all tokens).
+
+    """
+    from transformers import AutoModel, LlavaOnevisionConfig
+
+    config = LlavaOnevisionConfig.from_pretrained(name_or_path)
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise ValueError(f"{name_or_path}: unknown vision_feature_select_strategy {strategy!r}.")
+    with _quiet_transformers():
+        model, info = AutoModel.from_pretrained(
+            name_or_path,
+            config=config.vision_config,
+            # Checkpoints store the tower as "vision_tower.*" (hub layout) or "model.vision_tower.*".
+            key_mapping={r"^(model\.)?vision_tower\.": ""},
+            output_loading_info=True,
+            dtype=dtype,
+        )
+    _raise_on_incomplete_load(info, name_or_path, "LLaVA-OneVision vision tower")
+    return model, 1 if strategy == "default" else 0
+
+
+def build_vision_tower(
+    backend: VisionBackend,
+    name_or_path: str,
+    level_layers: Sequence[int],
+    final_layer: int = -1,
+    pretrained: str | None = None,
+    quick_gelu: bool = False,
+    dtype: str = "float32",
+) -> FrozenVisionTower:
+    """Build a frozen vision tower that returns final and level tokens.
+
+    Args:
+        backend: "siglip" (``SiglipVisionModel``; also reads full SigLIP checkpoints), "clip"
+            (``CLIPVisionModel``; its class token is dropped), "llava_onevision" (the vision tower of a
+            ``LlavaOnevisionForConditionalGeneration`` checkpoint, loaded alone) or "open_clip".
+        name_or_path: HF hub id or local folder; for open_clip an open_clip model name ("ViT-L-14-336") or
+            "local-dir:/folder" holding ``open_clip_config.json`` and weights.
+        level_layers: Hidden-state indices of the level taps (0 = embeddings, i = block i, negative from
+            the end).
+        final_layer: Hidden-state index of the final tokens (-1 = last block, without post-layernorm).
+        pretrained: open_clip only: weights tag or file for a built-in model name (ignored by "local-dir:").
+        quick_gelu: open_clip only: QuickGELU activations (OpenAI CLIP weights need it).
+        dtype: "float32", "bfloat16" or "float16".
+
+    Returns:
+        An :class:`~anomaly_ov.models.vision.HFVisionTower` or
+        :class:`~anomaly_ov.models.vision.OpenCLIPVisionTower`, frozen and in eval mode.
+
+    """
+    torch_dtype = _dtype(dtype)
+    if backend in ("siglip", "clip"):
+        from transformers import CLIPVisionModel, SiglipVisionModel
+
+        model_class = SiglipVisionModel if backend == "siglip" else CLIPVisionModel
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(
+                name_or_path, output_loading_info=True, dtype=torch_dtype
+            )
+        _raise_on_incomplete_load(info, name_or_path, f"{backend} vision")
+        return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=int(backend == "clip"))
+    if backend == "llava_onevision":
+        model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, torch_dtype)
+        return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=num_prefix_tokens)
+    if backend == "open_clip":
+        import open_clip
+
+        model = open_clip.create_model(
+            name_or_path,
+            pretrained=pretrained,
+            force_quick_gelu=quick_gelu,
+            require_pretrained=True,
+            weights_only=True,
+        )
+        return OpenCLIPVisionTower(model.visual.to(torch_dtype), level_layers, final_layer)
+    raise ValueError(f"backend={backend!r} is not one of 'siglip', 'clip', 'llava_onevision', 'open_clip'.")
+
+
+def build_expert(
+    vision_dim: int,
+    expert_dim: int,
+    grid: int,
+    pool_grid: int = 2,
+    num_levels: int = 4,
+    levels: Sequence[int] | None = None,
+    attention_dim: int | None = None,
+    score_hidden_dim: int | None = None,
+    temperature: float = 0.01,
+    look_back: bool = True,
+    learned_prompts: bool = True,
+    shared_prompt_map: bool = True,
+    vt_attention: bool = True,
+    severity_thresholds: Sequence[float] = (0.3, 0.7),
+    eps: float = 1e-6,
+    checkpoint: str | None = None,
+    official_checkpoint: str | None = None,
+    dtype: str = "float32",
+) -> AnomalyExpert:
+    """Build the anomaly expert, optionally with weights.
+
+    Args:
+        vision_dim: Vision width D.
+        expert_dim: Expert width E.
+        grid: Token grid side (T = grid * grid).
+        pool_grid: VT-selector pooling grid side.
+        num_levels: Number of level inputs.
+        levels: Which level inputs are used (null: all).
+        attention_dim: Wq/Wk width (null: expert_dim).
+        score_hidden_dim: Score-MLP hidden width (null: expert_dim).
+        temperature: Matching temperature.
+        look_back: Visual-aware class context on/off.
+        learned_prompts: Learned prompt vectors on/off.
+        shared_prompt_map: One prompt map per level (released) or two (paper).
+        vt_attention: VT-selector attention on/off.
+        severity_thresholds: Score thresholds of the severity words.
+        eps: Floor of the denominators.
+        checkpoint: A safetensors file written by ``AnomalyExpert.save`` to load (its keys must fit these
+            values).
+        official_checkpoint: A released ``pretrained_expert_*.pth`` to load (needs the released structure).
+        dtype: "float32", "bfloat16" or "float16".
+
+    Returns:
+        The expert (all parameters trainable; freezing is the training recipe's business).
+
+    """
+    if checkpoint is not None and official_checkpoint is not None:
+        raise ValueError("Set at most one of checkpoint and official_checkpoint.")
+    expert = AnomalyExpert(
+        vision_dim=vision_dim,
+        expert_dim=expert_dim,
+        grid=grid,
+        pool_grid=pool_grid,
+        num_levels=num_levels,
+        levels=levels,
+        attention_dim=attention_dim,
+        score_hidden_dim=score_hidden_dim,
+        temperature=temperature,
+        look_back=look_back,
+        learned_prompts=learned_prompts,
+        shared_prompt_map=shared_prompt_map,
+        vt_attention=vt_attention,
+        severity_thresholds=severity_thresholds,
+        eps=eps,
+    )
+    if checkpoint is not None:
+        expert.load_weights(Path(checkpoint))
+    if official_checkpoint is not None:
+        expert.load_official_weights(Path(official_checkpoint))
+    return expert.to(_dtype(dtype))

@@ -1,0 +1,299 @@
+"""Frozen vision towers that return the final tokens and the level tokens the anomaly expert reads.
+
+Two backends, one output type (:class:`VisionFeatures`):
+
+* :class:`HFVisionTower` wraps a Hugging Face vision model (``SiglipVisionModel``, ``CLIPVisionModel`` or the
+  vision tower of a ``LlavaOnevisionForConditionalGeneration`` checkpoint) and reads its ``hidden_states``.
+* :class:`OpenCLIPVisionTower` wraps an open_clip ``VisionTransformer`` (e.g. ``ViT-L-14-336``, the encoder of
+  CLIP-based zero-shot detectors) and reads its blocks through ``forward_intermediates``.
+
+Layer-index convention (shared by both backends, the one of Hugging Face ``hidden_states``): index ``i``
+is the output of transformer block ``i`` (``0`` = the patch embeddings, ``num_blocks`` = the last block);
+negative indices count from the end (``-1`` = the last block). The final tokens are taken *without* the
+post-layernorm, which is what LLaVA-OneVision's ``vision_feature_layer=-1`` does. The released Anomaly-OV
+taps hidden states 7, 13, 19 and 25 of the 26-block SigLIP and uses hidden state -1 as the final tokens.
+
+Prefix tokens (CLIP's class token) are dropped so that the patch tokens form a square grid.
+
+AnyRes crops (whole image first, then the high-resolution tiles) come from transformers'
+``LlavaOnevisionImageProcessor`` through :func:`anyres_crops`.
+
+Notation: ``N`` crops, ``T`` patch tokens per crop (a square, ``grid * grid``), ``D`` vision width.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlavaOnevisionImageProcessor, PreTrainedModel
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+
+@dataclass(frozen=True)
+class VisionFeatures:
+    """Tokens of one forward pass of a vision tower.
+
+    Attributes:
+        final: Final tokens, [N, T, D] (the tokens LLaVA-OneVision projects into the LLM).
+        levels: Level tokens, one [N, T, D] tensor per tapped layer, in the configured order.
+
+    """
+
+    final: torch.Tensor
+    levels: tuple[torch.Tensor, ...]
+
+
+def _absolute_layer(index: int, num_blocks: int, argument: str) -> int:
+    """Map a hidden-state index (negative counts from the end) to ``0..num_blocks``.
+
+    Raises:
+        ValueError: If the index is outside ``[-(num_blocks + 1), num_blocks]``.
+
+    """
+    if not -(num_blocks + 1) <= index <= num_blocks:
+        raise ValueError(
+            f"{argument}={index} is out of range for a tower with {num_blocks} blocks: hidden-state indices "
+            f"run from 0 (embeddings) to {num_blocks} (last block), or -{num_blocks + 1}..-1 from the end."
+        )
+    return index if index >= 0 else num_blocks + 1 + index
+
+
+class FrozenVisionTower(nn.Module):
+    """Common part of the towers: frozen parameters, always in eval mode, no autograd graph.
+
+    Attributes:
+        hidden_size: Vision width D.
+        grid: Side of the square token grid.
+        num_tokens: T = grid * grid.
+        image_size: Side of the square input crop in pixels.
+        num_blocks: Transformer blocks of the backbone.
+        level_layers: Absolute hidden-state indices of the level taps.
+        final_layer: Absolute hidden-state index of the final tokens.
+
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hidden_size: int,
+        image_size: int,
+        patch_size: int,
+        num_blocks: int,
+        level_layers: Sequence[int],
+        final_layer: int,
+    ) -> None:
+        super().__init__()
+        if len(level_layers) == 0:
+            raise ValueError("level_layers is empty: the anomaly expert needs at least one level tap.")
+        if image_size % patch_size != 0:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}.")
+        self.backbone = backbone
+        self.hidden_size = hidden_size
+        self.image_size = image_size
+        self.grid = image_size // patch_size
+        self.num_tokens = self.grid * self.grid
+        self.num_blocks = num_blocks
+        self.level_layers = tuple(_absolute_layer(i, num_blocks, "level_layers") for i in level_layers)
+        self.final_layer = _absolute_layer(final_layer, num_blocks, "final_layer")
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "FrozenVisionTower":
+        """Keep the backbone in eval mode whatever the parent module asks (it is frozen)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype of the backbone (inputs are cast to it)."""
+        return next(self.backbone.parameters()).dtype
+
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+        expected = (3, self.image_size, self.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}; expected [N, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}] (AnyRes crops flattened over images)."
+            )
+
+
+class HFVisionTower(FrozenVisionTower):
+    """A Hugging Face vision transformer (SigLIP, CLIP, LLaVA-OneVision's tower) with level taps.
+
+    Args:
+        model: A constructed HF vision model whose forward accepts ``output_hidden_states=True`` and whose
+            config has ``hidden_size``, ``image_size``, ``patch_size`` and ``num_hidden_layers``.
+        level_layers: Hidden-state indices of the level taps (see the module docstring).
+        final_layer: Hidden-state index of the final tokens (``-1`` = last block, no post-layernorm).
+        num_prefix_tokens: Tokens before the patch tokens to drop (1 for CLIP's class token, 0 for SigLIP).
+
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        level_layers: Sequence[int],
+        final_layer: int = -1,
+        num_prefix_tokens: int = 0,
+    ) -> None:
+        config = model.config
+        super().__init__(
+            backbone=model,
+            hidden_size=config.hidden_size,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            num_blocks=config.num_hidden_layers,
+            level_layers=level_layers,
+            final_layer=final_layer,
+        )
+        self.num_prefix_tokens = num_prefix_tokens
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """Run the tower.
+
+        Args:
+            pixel_values: Normalised crops, [N, 3, image_size, image_size].
+
+        Returns:
+            Final tokens [N, T, D] and one [N, T, D] tensor per level tap.
+
+        """
+        self._check_pixels(pixel_values)
+        outputs = self.backbone(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
+        hidden_states = outputs.hidden_states
+        prefix = self.num_prefix_tokens
+        if hidden_states[0].shape[1] != prefix + self.num_tokens:
+            raise ValueError(
+                f"the tower returns {hidden_states[0].shape[1]} tokens per crop; expected {prefix} prefix + "
+                f"{self.num_tokens} patch tokens (check num_prefix_tokens / vision_feature_select_strategy)."
+            )
+        return VisionFeatures(
+            final=hidden_states[self.final_layer][:, prefix:],
+            levels=tuple(hidden_states[i][:, prefix:] for i in self.level_layers),
+        )
+
+
+class OpenCLIPVisionTower(FrozenVisionTower):
+    """An open_clip ``VisionTransformer`` with level taps read through ``forward_intermediates``.
+
+    The class token is dropped (open_clip splits it off); tokens are taken before ``ln_post``.
+    Hidden-state index 0 (the embeddings) is not available from ``forward_intermediates`` and is refused.
+
+    Args:
+        visual: The image tower of an open_clip model (``model.visual``), an
+            ``open_clip.transformer.VisionTransformer``.
+        level_layers: Hidden-state indices of the level taps (1..num_blocks or negative).
+        final_layer: Hidden-state index of the final tokens.
+
+    """
+
+    def __init__(self, visual: nn.Module, level_layers: Sequence[int], final_layer: int = -1) -> None:
+        from open_clip.transformer import VisionTransformer
+
+        if not isinstance(visual, VisionTransformer):
+            raise TypeError(
+                f"visual is a {type(visual).__name__}; OpenCLIPVisionTower needs an open_clip "
+                "VisionTransformer (timm-backed open_clip towers are not supported)."
+            )
+        image_size, patch_size = visual.image_size, visual.patch_size
+        if image_size[0] != image_size[1] or patch_size[0] != patch_size[1]:
+            raise ValueError(f"open_clip tower has non-square image {image_size} or patch {patch_size} size.")
+        super().__init__(
+            backbone=visual,
+            hidden_size=visual.transformer.width,
+            image_size=image_size[0],
+            patch_size=patch_size[0],
+            num_blocks=len(visual.transformer.resblocks),
+            level_layers=level_layers,
+            final_layer=final_layer,
+        )
+        if 0 in (*self.level_layers, self.final_layer):
+            raise ValueError(
+                "open_clip towers expose block outputs 1..num_blocks only; hidden-state index 0 "
+                "(the embeddings) cannot be tapped."
+            )
+        # forward_intermediates counts blocks from 0, hidden states count the embeddings as 0.
+        self._take = sorted({i - 1 for i in (*self.level_layers, self.final_layer)})
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """Run the tower.
+
+        Args:
+            pixel_values: Normalised crops, [N, 3, image_size, image_size].
+
+        Returns:
+            Final tokens [N, T, D] and one [N, T, D] tensor per level tap.
+
+        """
+        self._check_pixels(pixel_values)
+        outputs = self.backbone.forward_intermediates(
+            pixel_values.to(self.dtype),
+            indices=self._take,
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+        )
+        by_layer = dict(zip((i + 1 for i in self._take), outputs["image_intermediates"], strict=True))
+        return VisionFeatures(
+            final=by_layer[self.final_layer],
+            levels=tuple(by_layer[i] for i in self.level_layers),
+        )
+
+
+@dataclass(frozen=True)
+class AnyResCrops:
+    """AnyRes crops of a batch of images, flattened for the vision tower.
+
+    Attributes:
+        pixel_values: Crops of all images, [N, 3, H, W]; each image's crops are contiguous and its first crop
+            is the whole image resized to the tower's input size, followed by its tiles in row-major order.
+        crops_per_image: Number of crops of each image (sums to N).
+        image_sizes: Original (height, width) of each image.
+
+    """
+
+    pixel_values: torch.Tensor
+    crops_per_image: list[int]
+    image_sizes: list[tuple[int, int]]
+
+
+def anyres_crops(
+    image_processor: LlavaOnevisionImageProcessor,
+    images: Sequence[object],
+    single_crop: bool = False,
+) -> AnyResCrops:
+    """Cuts images into AnyRes crops with transformers' LLaVA-OneVision image processor.
+
+    The processor pads every image to the largest crop count of the batch; the padding is removed here with
+    transformers' own crop count (``image_size_to_num_patches``), as LLaVA-OneVision's model does.
+
+    Args:
+        image_processor: The LLaVA-OneVision image processor (its ``image_grid_pinpoints`` define the tiles).
+        images: Images the processor accepts (PIL images, arrays or tensors).
+        single_crop: Encode every image as one crop (padded to a square, no tiles), as LLaVA-OneVision does
+            for the views of a multi-image sample.
+
+    Returns:
+        The flattened crops and the number of crops per image.
+
+    """
+    if len(images) == 0:
+        raise ValueError("images is empty.")
+    batch = image_processor([list(images)] if single_crop else list(images), return_tensors="pt")
+    pixel_values = batch["pixel_values"]
+    image_sizes = [(int(h), int(w)) for h, w in batch["image_sizes"].tolist()]
+    if single_crop:
+        counts = [1] * len(images)
+        crops = pixel_values.reshape(-1, *pixel_values.shape[2:])
+    else:
+        crop_size = image_processor.size["height"]
+        counts = [
+            image_size_to_num_patches(size, image_processor.image_grid_pinpoints, crop_size)
+            for size in image_sizes
+        ]
+        crops = torch.cat([image[:count] for image, count in zip(pixel_values, counts, strict=True)], dim=0)
+    return AnyResCrops(pixel_values=crops, crops_per_image=counts, image_sizes=image_sizes)
