@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -28,9 +28,12 @@ def _compose(name: str, overrides: list[str]):
 
 
 def _resolved_without_hydra(cfg) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    container.pop("hydra", None)
-    return container
+    # The hydra node itself holds multirun-only values (job.num); ${hydra:...} resolvers still work
+    # because HydraConfig was set from the composed config.
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
 def test_the_config_tree_exists():
