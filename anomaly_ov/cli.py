@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "anomaly_ov.models.zoo",
         "build the tiny offline model zoo (vision towers, LLM, LLaVA-OV)",
     ),
+    "chat": ("anomaly_ov.inference.chat", "multi-turn chat about one image; prints the expert's score"),
+    "predict": (
+        "anomaly_ov.inference.predict",
+        "score and describe a folder or list of images; JSON lines and heatmap overlays",
+    ),
 }
 
 

@@ -283,12 +283,18 @@ def anyres_crops(
     """
     if len(images) == 0:
         raise ValueError("images is empty.")
-    batch = image_processor([list(images)] if single_crop else list(images), return_tensors="pt")
+    if single_crop:
+        # transformers treats a one-image list as a single-image sample (AnyRes tiles); a lone image is
+        # duplicated so the processor takes its multi-image path (one square crop per view), then dropped.
+        views = list(images) if len(images) > 1 else [images[0], images[0]]
+        batch = image_processor([views], return_tensors="pt")
+    else:
+        batch = image_processor(list(images), return_tensors="pt")
     pixel_values = batch["pixel_values"]
-    image_sizes = [(int(h), int(w)) for h, w in batch["image_sizes"].tolist()]
+    image_sizes = [(int(h), int(w)) for h, w in batch["image_sizes"].tolist()][: len(images)]
     if single_crop:
         counts = [1] * len(images)
-        crops = pixel_values.reshape(-1, *pixel_values.shape[2:])
+        crops = pixel_values.reshape(-1, *pixel_values.shape[2:])[: len(images)]
     else:
         crop_size = image_processor.size["height"]
         counts = [

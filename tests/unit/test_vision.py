@@ -261,6 +261,11 @@ def test_anyres_crops_unpad_the_processor_batch() -> None:
     torch.testing.assert_close(crops.pixel_values[7], crops.pixel_values[8])
     views = anyres_crops(processor, images, single_crop=True)
     assert views.crops_per_image == [1, 1] and views.pixel_values.shape == (2, 3, 64, 64)
+    # A lone image in single-crop mode is one square crop too, the same pixels as in a batch of views.
+    lone = anyres_crops(processor, images[:1], single_crop=True)
+    assert lone.crops_per_image == [1] and lone.pixel_values.shape == (1, 3, 64, 64)
+    assert lone.image_sizes == [(100, 150)]
+    torch.testing.assert_close(lone.pixel_values[0], views.pixel_values[0])
     with pytest.raises(ValueError, match="images is empty"):
         anyres_crops(processor, [])
 

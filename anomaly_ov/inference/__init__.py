@@ -1,0 +1,1 @@
+"""Inference: the pipeline (load, preprocess, generate) and the ``chat`` / ``predict`` commands."""

@@ -1,0 +1,200 @@
+"""The saved Anomaly-OV folder: what :func:`save_anomaly_ov` writes and :func:`load_anomaly_ov` rebuilds.
+
+Layout::
+
+    <folder>/anomaly_ov.json          manifest: format, version, what the folder holds
+    <folder>/config.yaml              the resolved model config (model.llm / model.expert / model.lora /
+                                      the builder targets); local paths made absolute
+    <folder>/projector.safetensors    LLaVA-OneVision's projector and image-newline embedding
+    <folder>/expert.safetensors       the anomaly expert (AnomalyExpert.save: weights + constructor values)
+    <folder>/adapter/                 PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),
+                                      only when the LLM has one
+    <folder>/base/                    the full LLaVA-OneVision weights (without LoRA) and processor, only
+                                      when asked (e.g. after full fine-tuning); otherwise config.yaml's
+                                      model.llm.name_or_path is the reference to the base checkpoint
+    <folder>/processor/               the processor (tokenizer with the added tokens, image processor)
+
+Loading goes through the same builders as a fresh build (:mod:`anomaly_ov.models.mllm_builders`), with the
+expert read from ``expert.safetensors`` and the base from ``base/`` when present, then the projector and the
+adapter weights are put in.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from anomaly_ov.models.anomaly_ov import AnomalyOV
+from anomaly_ov.models.processor import AnomalyOVProcessor
+
+FORMAT = "anomaly-ov"
+VERSION = 1
+MANIFEST_NAME = "anomaly_ov.json"
+CONFIG_NAME = "config.yaml"
+PROJECTOR_NAME = "projector.safetensors"
+EXPERT_NAME = "expert.safetensors"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+BASE_DIR = "base"
+PROCESSOR_DIR = "processor"
+
+
+@dataclass
+class LoadedAnomalyOV:
+    """A model rebuilt from a saved folder, its processor and the resolved config it was built from."""
+
+    model: AnomalyOV
+    processor: AnomalyOVProcessor
+    config: DictConfig
+
+
+def _absolute_if_local(name_or_path: str) -> str:
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _has_lora(model: AnomalyOV) -> bool:
+    return any("lora_" in name for name, _ in model.llava.model.language_model.named_parameters())
+
+
+def save_anomaly_ov(
+    model: AnomalyOV,
+    processor: AnomalyOVProcessor,
+    folder: str | Path,
+    config: Mapping[str, Any] | DictConfig,
+    base_weights: bool = False,
+) -> Path:
+    """Saves a model so that :func:`load_anomaly_ov` rebuilds it exactly.
+
+    Args:
+        model: The model.
+        processor: Its processor.
+        folder: Output folder (created; existing files of the layout are overwritten).
+        config: The model config it was built from (the ``model`` node: ``llm``, ``expert``, ``lora`` and
+            the builder ``_target_``), resolved or not.
+        base_weights: Also write the full LLaVA-OneVision weights (needed after full fine-tuning of the LLM);
+            otherwise the config's ``llm.name_or_path`` is the reference to the base checkpoint.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # a node of a composed config resolves its interpolations against its root (paths.*), so resolve in place
+    node = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
+    resolved = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    resolved.llm.name_or_path = _absolute_if_local(resolved.llm.name_or_path)
+    has_lora = _has_lora(model)
+    if has_lora != (resolved.lora is not None):
+        raise ValueError(
+            f"config.lora is {'set' if resolved.lora is not None else 'null'} but the model "
+            f"{'has' if has_lora else 'has no'} LoRA adapter."
+        )
+
+    llava = model.llava
+    projector = {
+        f"multi_modal_projector.{k}": v for k, v in llava.model.multi_modal_projector.state_dict().items()
+    }
+    projector["image_newline"] = llava.model.image_newline.data
+    save_file({k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(folder / PROJECTOR_NAME))
+    model.expert.save(folder / EXPERT_NAME)
+
+    if has_lora:
+        language_model = llava.model.language_model
+        adapter = folder / ADAPTER_DIR
+        adapter.mkdir(exist_ok=True)
+        language_model.peft_config["default"].save_pretrained(str(adapter))
+        state = get_peft_model_state_dict(language_model, adapter_name="default")
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(adapter / ADAPTER_WEIGHTS_NAME)
+        )
+    if base_weights:
+        # Base weights without the LoRA layers (PEFT keeps the original Linear as ".base_layer").
+        state = {
+            name.replace(".base_layer.", "."): tensor
+            for name, tensor in llava.state_dict().items()
+            if "lora_" not in name
+        }
+        llava.save_pretrained(folder / BASE_DIR, state_dict=state)
+        # a complete checkpoint folder: the builders load the processor from the same place
+        processor.save_pretrained(folder / BASE_DIR)
+    processor.save_pretrained(folder / PROCESSOR_DIR)
+
+    (folder / CONFIG_NAME).write_text(OmegaConf.to_yaml(resolved))
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "base": BASE_DIR if base_weights else resolved.llm.name_or_path,
+        "lora": has_lora,
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def load_anomaly_ov(
+    folder: str | Path, dtype: str | None = None, device_map: str | None = None
+) -> LoadedAnomalyOV:
+    """Rebuilds a model saved by :func:`save_anomaly_ov`.
+
+    Args:
+        folder: The saved folder.
+        dtype: Override of the saved dtype ("float32", "bfloat16", "float16") for the LLM and the expert.
+        device_map: Override of the saved device map ("auto", "cuda:0", ...).
+
+    Returns:
+        The model (eval mode), its processor and the config it was built from.
+
+    Raises:
+        FileNotFoundError: If the folder is not a saved Anomaly-OV model or lacks a file it announces.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved Anomaly-OV model (no {MANIFEST_NAME}).")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(
+            f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
+            f"expected {FORMAT!r} version {VERSION}."
+        )
+    config = OmegaConf.load(folder / CONFIG_NAME)
+    build = config.copy()
+    if (folder / BASE_DIR).is_dir():
+        build.llm.name_or_path = str(folder / BASE_DIR)
+    build.expert.checkpoint = str(folder / EXPERT_NAME)
+    build.expert.official_checkpoint = None
+    if dtype is not None:
+        build.llm.dtype = dtype
+        build.expert.dtype = dtype
+    if device_map is not None:
+        build.llm.device_map = device_map
+    bundle = instantiate(build, _convert_="all")
+
+    llava = bundle.model.llava
+    state = load_file(str(folder / PROJECTOR_NAME))
+    newline = state.pop("image_newline")
+    prefix = "multi_modal_projector."
+    llava.model.multi_modal_projector.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state.items()}, strict=True
+    )
+    llava.model.image_newline.data.copy_(newline)
+    if manifest["lora"]:
+        adapter = folder / ADAPTER_DIR
+        language_model = llava.model.language_model
+        if not hasattr(language_model, "peft_config"):
+            raise ValueError(f"{folder} holds a LoRA adapter but config.yaml's model.lora is null.")
+        weights = load_file(str(adapter / ADAPTER_WEIGHTS_NAME))
+        expected = set(get_peft_model_state_dict(language_model, adapter_name="default"))
+        if set(weights) != expected:
+            raise ValueError(
+                f"{adapter}: adapter weights do not fit config.yaml's model.lora (missing "
+                f"{sorted(expected - set(weights))[:10]}, unexpected {sorted(set(weights) - expected)[:10]})."
+            )
+        set_peft_model_state_dict(language_model, weights, adapter_name="default")
+    return LoadedAnomalyOV(model=bundle.model.eval(), processor=bundle.processor, config=config)

@@ -1,0 +1,238 @@
+"""Builders of the multimodal model: the only code that maps config values to LLaVA-OneVision, LoRA and
+:class:`~anomaly_ov.models.anomaly_ov.AnomalyOV`.
+
+Hydra configs point ``_target_`` here: ``configs/model/llm/*.yaml`` -> :func:`build_llm`,
+``configs/model/lora/default.yaml`` -> :func:`build_lora` (``none.yaml`` sets ``model.lora: null``), and the
+``model`` node of ``configs/{chat,predict}.yaml`` -> :func:`build_anomaly_ov`, which receives the built LLM,
+expert (``configs/model/expert``, :func:`anomaly_ov.models.builders.build_expert`) and LoRA settings.
+The tiny zoo and the llava-hf checkpoints go through exactly the same functions.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+from anomaly_ov.data.conversation import DEFAULT_SYSTEM_PROMPT
+from anomaly_ov.models.anomaly_ov import AnomalyOV
+from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.processor import PROCESSOR_CONFIG_NAME, AnomalyOVProcessor
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Maps a dtype name of the configs ("float32", "bfloat16", "float16") to torch."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+@dataclass
+class LlavaOnevisionParts:
+    """A loaded LLaVA-OneVision checkpoint with what Anomaly-OV needs to know about it.
+
+    Attributes:
+        llava: The model.
+        processor: Its processor, extended with the reserved positions.
+        level_layers: Vision hidden-state indices of the expert's level tokens.
+    """
+
+    llava: LlavaOnevisionForConditionalGeneration
+    processor: AnomalyOVProcessor
+    level_layers: tuple[int, ...]
+
+
+@dataclass
+class AnomalyOVBundle:
+    """A built Anomaly-OV model and its processor."""
+
+    model: AnomalyOV
+    processor: AnomalyOVProcessor
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silences transformers' load report and progress bars; loading problems are checked explicitly."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_llava_onevision(
+    name_or_path: str,
+    dtype: str = "float32",
+    device_map: str | None = None,
+    attn_implementation: str | None = None,
+) -> LlavaOnevisionForConditionalGeneration:
+    """Loads a transformers-native LLaVA-OneVision checkpoint, in eval mode.
+
+    Args:
+        name_or_path: Hub id (``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``) or local folder.
+        dtype: "float32", "bfloat16" or "float16".
+        device_map: accelerate device map for large models ("auto", "cuda:0", ...); None keeps it on CPU.
+        attn_implementation: "sdpa", "eager", "flash_attention_2" or None (transformers' default).
+
+    Raises:
+        ValueError: If weights are missing or have other shapes (the model would be partly random).
+    """
+    with _quiet_transformers():
+        llava, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            name_or_path,
+            dtype=torch_dtype(dtype),
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ValueError(
+            f"{name_or_path}: LLaVA-OneVision weights are incomplete (missing {missing[:10]}, "
+            f"shape mismatches {mismatched[:10]})."
+        )
+    return llava.eval()
+
+
+def load_processor(
+    name_or_path: str,
+    pool_grid: int = 2,
+    anyres: bool = True,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> AnomalyOVProcessor:
+    """Loads the checkpoint's LLaVA-OneVision processor and extends it (or a saved AnomalyOVProcessor).
+
+    Args:
+        name_or_path: Hub id or folder of a LLaVA-OneVision processor, or a folder written by
+            :meth:`AnomalyOVProcessor.save_pretrained` (its saved settings are used).
+        pool_grid: The expert's pooling-grid side.
+        anyres: AnyRes tiles for single images.
+        system_prompt: Default system message.
+    """
+    if (Path(name_or_path) / PROCESSOR_CONFIG_NAME).is_file():
+        return AnomalyOVProcessor.from_pretrained(name_or_path)
+    with _quiet_transformers():
+        base = LlavaOnevisionProcessor.from_pretrained(name_or_path)
+    return AnomalyOVProcessor(base, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
+
+
+def build_llm(
+    name_or_path: str,
+    level_layers: Sequence[int],
+    pool_grid: int = 2,
+    anyres: bool = True,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    dtype: str = "float32",
+    device_map: str | None = None,
+    attn_implementation: str | None = None,
+) -> LlavaOnevisionParts:
+    """Loads a LLaVA-OneVision checkpoint and its processor (``configs/model/llm/*.yaml``).
+
+    Args:
+        name_or_path: Hub id or local folder of a transformers-native LLaVA-OneVision checkpoint.
+        level_layers: Vision hidden-state indices the expert reads (released [7, 13, 19, 25]).
+        pool_grid: The expert's pooling-grid side (sets the number of anomaly-token positions).
+        anyres: AnyRes tiles for single images (LLaVA-OneVision's default).
+        system_prompt: Default system message of prompts.
+        dtype: Model dtype name.
+        device_map: accelerate device map or None.
+        attn_implementation: Attention kernel or None.
+    """
+    llava = load_llava_onevision(name_or_path, dtype, device_map, attn_implementation)
+    num_hidden = llava.config.vision_config.num_hidden_layers
+    for index in level_layers:
+        if not -(num_hidden + 1) <= int(index) <= num_hidden:
+            raise ValueError(
+                f"level_layers={list(level_layers)}: index {index} is outside the {num_hidden + 1} "
+                f"hidden states of {name_or_path}'s vision tower."
+            )
+    processor = load_processor(name_or_path, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
+    return LlavaOnevisionParts(
+        llava=llava, processor=processor, level_layers=tuple(int(i) for i in level_layers)
+    )
+
+
+def build_lora(
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: Sequence[str],
+) -> LoraConfig:
+    """PEFT LoRA settings for the LLM's linear layers (``configs/model/lora/default.yaml``).
+
+    Args:
+        rank: LoRA rank r.
+        alpha: LoRA scaling alpha.
+        dropout: Dropout on the LoRA input.
+        target_modules: Names of the LLM's linear layers to adapt (Qwen2: q/k/v/o_proj, gate/up/down_proj).
+    """
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+    )
+
+
+def apply_lora(llava: LlavaOnevisionForConditionalGeneration, lora: LoraConfig) -> None:
+    """Injects LoRA adapters into the language model (in place) and freezes the LLM's base weights.
+
+    Only the LLM is adapted: the vision tower and the projector are never targeted (the projector and the
+    image newline stay fully trainable, as in stage 2). The LLM's base weights, its input embeddings and the
+    output head are frozen.
+    """
+    language_model = llava.model.language_model
+    inject_adapter_in_model(lora, language_model, adapter_name="default")
+    for name, parameter in language_model.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    llava.lm_head.requires_grad_(False)
+
+
+def build_anomaly_ov(
+    llm: LlavaOnevisionParts,
+    expert: AnomalyExpert,
+    lora: LoraConfig | None = None,
+) -> AnomalyOVBundle:
+    """Assembles Anomaly-OV from a loaded LLaVA-OneVision, an expert and optional LoRA settings.
+
+    Args:
+        llm: The LLaVA-OneVision checkpoint and its processor (:func:`build_llm`).
+        expert: The anomaly expert; it is moved to the vision tower's device and frozen.
+        lora: LoRA settings for the LLM, or None (no adapter).
+
+    Returns:
+        The model and its processor.
+    """
+    if llm.processor.pool_grid != expert.pool_grid:
+        raise ValueError(
+            f"the processor reserves positions for pool_grid={llm.processor.pool_grid} but the expert has "
+            f"pool_grid={expert.pool_grid}."
+        )
+    vision_device = next(llm.llava.model.vision_tower.parameters()).device
+    expert = expert.to(vision_device)
+    if lora is not None:
+        apply_lora(llm.llava, lora)
+    model = AnomalyOV(
+        llava=llm.llava,
+        expert=expert,
+        level_layers=llm.level_layers,
+        placeholders=llm.processor.placeholders,
+        severity_ids=llm.processor.severity_ids,
+    )
+    return AnomalyOVBundle(model=model, processor=llm.processor)
