@@ -1,0 +1,166 @@
+"""Training checkpoints in safetensors: the model weights plus the state needed to resume exactly.
+
+Per epoch a folder ``<run_dir>/checkpoints/epoch_<NNN>/`` holds
+
+* ``expert.safetensors`` -- the model (written by the model's own ``save``);
+* ``training_state.safetensors`` -- the optimizer's tensors (``optimizer.<param>.<name>``), the CPU random
+  state, and in the metadata the optimizer's param groups and non-tensor state, the scheduler's state and the
+  loop counters, all as JSON.
+
+The folder is written under a temporary name and renamed once complete, so :func:`latest_checkpoint` never
+returns a half-written checkpoint. No pickle is written or read.
+"""
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+MODEL_FILE = "expert.safetensors"
+STATE_FILE = "training_state.safetensors"
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+def optimizer_tensors(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """Splits an optimizer's state dict into tensors and JSON-able values.
+
+    Returns:
+        ``{"optimizer.<param id>.<name>": tensor}`` and ``{"param_groups": ..., "scalars": ...}``.
+    """
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, object]] = {}
+    for param_id, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(
+    optimizer: Optimizer, tensors: Mapping[str, torch.Tensor], values: Mapping[str, object]
+) -> None:
+    """Inverse of :func:`optimizer_tensors`: rebuilds the state dict and loads it into ``optimizer``."""
+    state: dict[int, dict[str, object]] = {}
+    for key, tensor in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = tensor
+    for param_id, entries in values["scalars"].items():
+        state.setdefault(int(param_id), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": values["param_groups"]})
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """A finished epoch's checkpoint folder.
+
+    Attributes:
+        epoch: Number of epochs completed (1 after the first).
+        folder: The folder holding :data:`MODEL_FILE` and :data:`STATE_FILE`.
+    """
+
+    epoch: int
+    folder: Path
+
+    @property
+    def model(self) -> Path:
+        """The model weights file."""
+        return self.folder / MODEL_FILE
+
+    @property
+    def state(self) -> Path:
+        """The training-state file."""
+        return self.folder / STATE_FILE
+
+
+def save_epoch_checkpoint(
+    run_dir: Path,
+    epoch: int,
+    save_model: Callable[[Path], None],
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    counters: Mapping[str, object],
+) -> EpochCheckpoint:
+    """Writes the checkpoint of a finished epoch (call it on one process only).
+
+    Args:
+        run_dir: The run folder.
+        epoch: Epochs completed.
+        save_model: Writes the model weights to the given path (e.g. ``expert.save``).
+        optimizer: The optimizer.
+        scheduler: The learning-rate scheduler.
+        counters: JSON-able loop state (global step, losses, ...).
+
+    Returns:
+        The checkpoint.
+    """
+    final = run_dir / "checkpoints" / f"epoch_{epoch:03d}"
+    temporary = final.with_name(final.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    save_model(temporary / MODEL_FILE)
+    tensors, values = optimizer_tensors(optimizer)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    metadata = {
+        "optimizer": json.dumps(values),
+        "scheduler": json.dumps(scheduler.state_dict()),
+        "counters": json.dumps(dict(counters)),
+    }
+    save_file(tensors, str(temporary / STATE_FILE), metadata=metadata)
+    shutil.rmtree(final, ignore_errors=True)
+    temporary.rename(final)
+    return EpochCheckpoint(epoch, final)
+
+
+def load_training_state(checkpoint: EpochCheckpoint, optimizer: Optimizer, scheduler: LRScheduler) -> dict:
+    """Restores the optimizer, the scheduler and the CPU random state from a checkpoint.
+
+    Returns:
+        The loop counters saved with it.
+    """
+    with safe_open(str(checkpoint.state), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    torch.set_rng_state(tensors.pop("rng.cpu"))
+    load_optimizer_tensors(optimizer, tensors, json.loads(metadata["optimizer"]))
+    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+    return json.loads(metadata["counters"])
+
+
+def latest_checkpoint(run_dir: Path) -> EpochCheckpoint | None:
+    """The checkpoint of the last finished epoch in ``run_dir``, or None."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [
+        EpochCheckpoint(int(match.group(1)), path)
+        for path in folder.iterdir()
+        if (match := _EPOCH_DIR.match(path.name))
+        and (path / MODEL_FILE).is_file()
+        and (path / STATE_FILE).is_file()
+    ]
+    return max(found, key=lambda c: c.epoch, default=None)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Deletes all but the ``keep`` most recent epoch checkpoints of a run."""
+    if keep < 1:
+        raise ValueError(f"keep={keep} must be at least 1 (the last checkpoint is what a resume needs).")
+    folder = run_dir / "checkpoints"
+    epochs = sorted(
+        (int(match.group(1)), path)
+        for path in (folder.iterdir() if folder.is_dir() else [])
+        if (match := _EPOCH_DIR.match(path.name))
+    )
+    for _, path in epochs[:-keep]:
+        shutil.rmtree(path)

@@ -1,0 +1,24 @@
+"""Writes the manifest of MPDD (Metal Parts Defect Detection) from its published layout.
+
+MPDD uses MVTec AD's layout, read by :class:`~anomaly_ov.data.zsad.MVTecSource` (test split)::
+
+    <root>/<class>/test/good/*.png, <root>/<class>/test/<defect>/*.png,
+    <root>/<class>/ground_truth/<defect>/<stem>_mask.png
+
+    python scripts/prepare_mpdd.py --root datasets/MPDD    # -> datasets/MPDD/manifest.jsonl
+"""
+
+import sys
+from pathlib import Path
+
+from anomaly_ov.data.manifest import prepare_cli
+from anomaly_ov.data.zsad import AnomalySample, MVTecSource
+
+
+def read_mpdd(root: Path) -> list[AnomalySample]:
+    """The test images of every MPDD class, anomalous ones with their masks."""
+    return MVTecSource(root, split="test").read()
+
+
+if __name__ == "__main__":
+    sys.exit(prepare_cli("MPDD", read_mpdd))
