@@ -2,11 +2,9 @@
 
 At released shapes: a randomly initialised SigLIP-so400m vision tower as LLaVA-OneVision uses it (26
 blocks, patch 14, 27 x 27 = 729 tokens, width 1152, MLP 4304, 16 heads; level taps 7, 13, 19, 25) and the
-released expert shapes (E = 512). The crops are 378 px instead of 384: the patch convolution floors
-384 / 14 to the same 27 x 27 grid, so the transformer's work is identical, and 378 is a multiple of 14 as
-``FrozenVisionTower`` requires. Both epochs run the same training loop (``ExpertTrainer``) on the same
-images; only where the features come from differs. The cache build (a one-time cost) is timed separately,
-and the cache size is estimated before it is built.
+released expert shapes (E = 512), on 384-px crops. Both epochs run the same training loop
+(``ExpertTrainer``) on the same images; only where the features come from differs. The cache build (a
+one-time cost) is timed separately, and the cache size is estimated before it is built.
 
     python scripts/benchmark_feature_cache.py                 # 8 images, single crop, CPU
     python scripts/benchmark_feature_cache.py --images 64 --device cuda --dtype bfloat16
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    side = 27 * 14
+    side = 384  # 27 x 27 patches of 14 px (the convolution drops the 6-px remainder)
     config = SiglipVisionConfig(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
         image_size=side, patch_size=14,

@@ -86,8 +86,9 @@ class FrozenVisionTower(nn.Module):
         super().__init__()
         if len(level_layers) == 0:
             raise ValueError("level_layers is empty: the anomaly expert needs at least one level tap.")
-        if image_size % patch_size != 0:
-            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}.")
+        if image_size < patch_size:
+            raise ValueError(f"image_size={image_size} is smaller than patch_size={patch_size}.")
+        # The patch convolution drops the remainder: SigLIP-so400m at 384 px with 14-px patches is 27x27.
         self.backbone = backbone
         self.hidden_size = hidden_size
         self.image_size = image_size

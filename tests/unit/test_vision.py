@@ -76,6 +76,19 @@ def test_siglip_tower_taps_hidden_states_without_post_layernorm() -> None:
     assert negative.level_layers == (2, 3, 4, 5) and negative.final_layer == 6
 
 
+def test_image_size_need_not_be_a_multiple_of_the_patch_size() -> None:
+    # SigLIP-so400m: 384 px, 14-px patches -> a 27x27 grid (the convolution drops the remainder). Same here
+    # at tiny size: 60 px, 8-px patches -> 7x7.
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(**{**SIZES, "image_size": 60}, intermediate_size=128)
+    tower = HFVisionTower(SiglipVisionModel(config).eval(), level_layers=LEVELS)
+    assert (tower.grid, tower.num_tokens) == (7, 49)
+    features = tower(torch.randn(2, 3, 60, 60))
+    assert features.final.shape == (2, 49, 64)
+
+
 def test_clip_tower_drops_the_class_token() -> None:
     model = tiny_clip()
     tower = HFVisionTower(model, level_layers=LEVELS, num_prefix_tokens=1)
