@@ -61,7 +61,7 @@ def test_training_writes_its_outputs_and_the_loss_falls(trained):
     assert losses[-25:].mean() < 0.8 * losses[:25].mean()
     config = OmegaConf.load(run_dir / "config.yaml")
     assert "${" not in OmegaConf.to_yaml(config)  # resolved
-    assert config.model.vision.backend == "siglip" and config.data.train == ["synthetic_instruct"]
+    assert config.model.vision.backend == "llava_onevision" and config.data.train == ["synthetic_instruct"]
     assert (run_dir / "expert.safetensors").is_file() and json.loads(
         (run_dir / "skipped_files.json").read_text()
     ) == []
