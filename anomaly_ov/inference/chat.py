@@ -72,7 +72,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"chat: {error}", file=sys.stderr)
         return 2
-    config = compose_config("chat", args.config_overrides, args.config_dir)
+    try:
+        config = compose_config("chat", args.config_overrides, args.config_dir)
+    except ValueError as error:
+        print(f"chat: {error}", file=sys.stderr)
+        return 2
     if args.model is not None:
         pipeline = AnomalyOVPipeline.from_pretrained(args.model, generation=dict(config.generation))
     else:

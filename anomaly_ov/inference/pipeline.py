@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from anomaly_ov.data.conversation import IM_END
@@ -35,9 +37,15 @@ def compose_config(
         name: Config name in ``config_dir`` (without .yaml).
         overrides: Hydra overrides ("model/llm=llava_ov_05b", "paths.zoo_dir=/zoo", ...).
         config_dir: The configs folder (default: the repository's ``configs``).
+
+    Raises:
+        ValueError: With Hydra's own message, for an override that names no key, group or option.
     """
-    with initialize_config_dir(version_base=None, config_dir=str(Path(config_dir).resolve())):
-        return compose(config_name=name, overrides=list(overrides))
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(Path(config_dir).resolve())):
+            return compose(config_name=name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ValueError(f"config {name!r} with overrides {list(overrides)}: {error}") from error
 
 
 def load_image(path: str | Path) -> Image.Image:

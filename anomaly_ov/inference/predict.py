@@ -204,7 +204,11 @@ def _parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str] | None = None) -> int:
     """Runs ``predict``; returns 0 (all images done), 1 (some failed, reported) or 2 (bad arguments)."""
     args = _parser().parse_args(argv)
-    config = compose_config("predict", args.config_overrides, args.config_dir)
+    try:
+        config = compose_config("predict", args.config_overrides, args.config_dir)
+    except ValueError as error:
+        print(f"predict: {error}", file=sys.stderr)
+        return 2
     prompt = args.prompt if args.prompt is not None else config.prompt
     batch_size = args.batch_size if args.batch_size is not None else int(config.batch_size)
     if prompt.count(IMAGE_PLACEHOLDER) != 1:
