@@ -21,7 +21,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from anomaly_ov.data.conversation import IMAGE_PLACEHOLDER
-from anomaly_ov.inference.pipeline import CONFIG_DIR, AnomalyOVPipeline, compose_config, load_image
+from anomaly_ov.inference.pipeline import (
+    AnomalyOVPipeline,
+    add_model_arguments,
+    compose_config,
+    load_image,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,18 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a question (repeat for several turns); without it, questions are read from stdin, one per line",
     )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="a saved Anomaly-OV folder (replaces model.*)"
-    )
-    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs folder")
-    parser.add_argument(
-        "--config-overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Hydra overrides of configs/chat.yaml, e.g. model/llm=llava_ov_05b paths.zoo_dir=/zoo",
-    )
+    add_model_arguments(parser, "chat")
     return parser
 
 

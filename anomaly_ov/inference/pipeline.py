@@ -5,6 +5,7 @@ through the builders) or from a folder written by :func:`anomaly_ov.models.check
 Prompts go through the processor and the one conversation function, exactly as in training.
 """
 
+import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,27 @@ def compose_config(
             return compose(config_name=name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as error:
         raise ValueError(f"config {name!r} with overrides {list(overrides)}: {error}") from error
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, config_name: str) -> None:
+    """Adds the model-selection options shared by the inference commands.
+
+    Args:
+        parser: The command's parser.
+        config_name: The command's config in ``configs/`` (named in the help text).
+    """
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a saved Anomaly-OV folder (replaces model.*)"
+    )
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs folder")
+    parser.add_argument(
+        "--config-overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"Hydra overrides of configs/{config_name}.yaml, e.g. model/llm=llava_ov_05b paths.zoo_dir=/zoo",
+    )
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -36,7 +36,12 @@ from tqdm import tqdm
 
 from anomaly_ov.data.conversation import IMAGE_PLACEHOLDER
 from anomaly_ov.eval.heatmap import overlay_heatmap
-from anomaly_ov.inference.pipeline import CONFIG_DIR, AnomalyOVPipeline, compose_config, load_image
+from anomaly_ov.inference.pipeline import (
+    AnomalyOVPipeline,
+    add_model_arguments,
+    compose_config,
+    load_image,
+)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
@@ -185,19 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=None, help="images per batch (default: from config)"
     )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="a saved Anomaly-OV folder (replaces model.*)"
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs folder")
-    parser.add_argument(
-        "--config-overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Hydra overrides of configs/predict.yaml, e.g. model/llm=llava_ov_05b paths.zoo_dir=/zoo",
-    )
+    add_model_arguments(parser, "predict")
     return parser
 
 
