@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image
+from PIL import Image, ImageOps
 
 from anomaly_ov.data.conversation import IM_END
 from anomaly_ov.models.anomaly_ov import AnomalyOV, AnomalyOVGeneration
@@ -70,8 +70,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, config_name: str) -> No
     )
 
 
+# PIL modes of 16-bit grayscale files (PNG, TIFF); "I" is how some formats and Pillow versions hold them
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Reads an image file as RGB.
+    """Reads an image file as RGB, upright and with its full intensity range.
+
+    The EXIF orientation is applied (phone and camera JPEGs are stored sideways), so the model and the
+    heat maps see the image as viewers show it. 16-bit grayscale is scaled to 8 bits (65535 -> 255):
+    PIL's own conversion clips every value above 255, which turns most 16-bit images white.
 
     Raises:
         ValueError: If the file is missing or not a readable image (the message names the file).
@@ -79,7 +87,12 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in SIXTEEN_BIT_MODES:
+                values = np.asarray(upright, dtype=np.float64)
+                eight_bit = np.round(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
+                upright = Image.fromarray(eight_bit)  # 2-D uint8: mode "L"
+            return upright.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 

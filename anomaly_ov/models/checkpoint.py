@@ -157,7 +157,10 @@ def load_anomaly_ov(
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{folder} is not a saved Anomaly-OV model (no {MANIFEST_NAME}).")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{manifest_path}: not valid JSON ({error}).") from error
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(
             f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
@@ -177,13 +180,20 @@ def load_anomaly_ov(
     bundle = instantiate(build, _convert_="all")
 
     llava = bundle.model.llava
-    state = load_file(str(folder / PROJECTOR_NAME))
-    newline = state.pop("image_newline")
+    projector_path = folder / PROJECTOR_NAME
+    state = load_file(str(projector_path))
     prefix = "multi_modal_projector."
-    llava.model.multi_modal_projector.load_state_dict(
-        {k[len(prefix) :]: v for k, v in state.items()}, strict=True
-    )
-    llava.model.image_newline.data.copy_(newline)
+    try:
+        newline = state.pop("image_newline")
+        llava.model.multi_modal_projector.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items()}, strict=True
+        )
+        llava.model.image_newline.data.copy_(newline)
+    except (KeyError, RuntimeError) as error:
+        # e.g. a projector saved for another LLaVA-OneVision size than config.yaml's model.llm
+        raise ValueError(
+            f"{projector_path} does not fit the projector of {build.llm.name_or_path}: {error}"
+        ) from error
     if manifest["lora"]:
         adapter = folder / ADAPTER_DIR
         language_model = llava.model.language_model
