@@ -96,8 +96,11 @@ def run(cfg: DictConfig) -> dict[str, object]:
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     aurocs = {row_name: {name: r.mean["image_auroc"] for name, r in results.items()}}
+    # allow_seen: the table must not pass a seen dataset's number off as zero-shot
+    not_zero_shot = f"**Not zero-shot** (allow_seen=true): the model was trained on {', '.join(seen)}.\n"
     tables = [
         "## Zero-shot image AUROC (%), Table 2 layout\n",
+        *([not_zero_shot] if seen else []),
         table2(aurocs, published=cfg.table.published),
         "\n## Per-class metrics (%)\n",
         *(class_table(name, r.to_dict()["classes"], r.mean) + "\n" for name, r in results.items()),

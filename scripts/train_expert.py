@@ -20,12 +20,35 @@ from anomaly_ov.offline import enforce_offline
 enforce_offline()
 
 
+def check_resumable(config_path: Path, resolved: dict) -> None:
+    """Refuses to continue a run's checkpoints with another model or preprocessing than it started with.
+
+    Raises:
+        ValueError: Naming what differs from the run's saved ``config.yaml``.
+    """
+    if not config_path.is_file():
+        return
+    earlier = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    pairs = {
+        "model": (earlier.get("model"), resolved["model"]),
+        "features.crops": (earlier.get("features", {}).get("crops"), resolved["features"]["crops"]),
+    }
+    changed = [name for name, (before, now) in pairs.items() if before != now]
+    if changed:
+        raise ValueError(
+            f"{config_path.parent} holds checkpoints trained with another {' and '.join(changed)} (see "
+            f"{config_path}); resuming them would mix two setups under one config. Start a new run_dir, or "
+            "resume with the run's own settings."
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, object]:
     """Trains the expert described by ``cfg``; returns the training metrics."""
     from accelerate.utils import broadcast_object_list, gather_object, set_seed
     from hydra.utils import instantiate
 
     from anomaly_ov.data.zsad import check_zero_shot, write_skipped
+    from anomaly_ov.training.checkpoint import latest_checkpoint
     from anomaly_ov.training.distributed import shutdown
 
     start = time.perf_counter()
@@ -34,6 +57,8 @@ def run(cfg: DictConfig) -> dict[str, object]:
     run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     resolved["run_dir"] = str(run_dir)
+    if cfg.trainer.resume and latest_checkpoint(run_dir) is not None:
+        check_resumable(run_dir / "config.yaml", resolved)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")

@@ -18,7 +18,8 @@ Layout of ``<root>/<key>/``::
     shard-<hash>/index.json   [[entry key, first crop, crop count], ...] for the shard's images
 
 A shard is written into a temporary folder and renamed into place once complete, so an interrupted build
-leaves only finished shards and resumes without recomputing them. Before building, the size of the missing
+leaves only finished shards and resumes without recomputing them (the temporary folder of a killed
+build is removed when its shard is built again). Before building, the size of the missing
 features is estimated from the image headers and logged; a build that would take the cache root past its
 disk budget is refused (:class:`CacheBudgetError`). Without the cache, :class:`StreamedFeatures` runs the
 tower on the fly and the training code is the same.
@@ -34,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +207,33 @@ def _entry_key(path: Path, single: bool) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _temporary_suffix() -> str:
+    """Suffix of this process's temporary shard folders: ``.tmp-<host>-<pid>`` (see :func:`_is_abandoned`)."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _is_abandoned(folder: Path) -> bool:
+    """Whether a temporary shard folder was left by a process of this host that no longer runs.
+
+    Another host's folder (a cache shared between nodes) is never judged: its process may still be writing.
+    """
+    host, _, pid = folder.name.partition(".tmp-")[2].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's process
+        return False
+    return False
+
+
+def _indexed_keys(shard: Path) -> set[str]:
+    """Entry keys held by a finished shard."""
+    return {key for key, _, _ in json.loads((shard / _INDEX).read_text(encoding="utf-8"))}
+
+
 def _folder_bytes(folder: Path) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(folder):
@@ -301,7 +330,7 @@ class FeatureCache:
         if not self.dir.is_dir():
             return index
         for shard in sorted(self.dir.glob("shard-*")):
-            if not (shard / _INDEX).is_file() or shard.name.endswith(".tmp"):
+            if not (shard / _INDEX).is_file() or ".tmp" in shard.name:
                 continue
             for key, start, count in json.loads((shard / _INDEX).read_text(encoding="utf-8")):
                 index[key] = CacheEntry(shard.name, int(start), int(count))
@@ -435,11 +464,45 @@ class FeatureCache:
     ) -> list[SkippedFile]:
         name = "shard-" + hashlib.sha256("".join(key for key, _, _ in chunk).encode()).hexdigest()[:20]
         final_dir = self.dir / name
-        if (final_dir / _INDEX).is_file():  # finished by an earlier, interrupted build
-            return []
-        temporary = self.dir / f"{name}.tmp{os.getpid()}"
+        if (final_dir / _INDEX).is_file() and _indexed_keys(final_dir) >= {key for key, _, _ in chunk}:
+            return []  # finished by a concurrent build
+        # A build killed mid-shard leaves its temporary folder (a shard's worth of disk) behind.
+        for abandoned in filter(_is_abandoned, self.dir.glob(f"{name}.tmp*")):
+            shutil.rmtree(abandoned, ignore_errors=True)
+        temporary = self.dir / f"{name}{_temporary_suffix()}"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
+        try:
+            written, skipped = self._fill_shard(
+                temporary, chunk, crops, tower, images_per_batch, chunk_size, num_workers, skip_bad
+            )
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        if not written:
+            # Every image failed (skip_bad): no shard, so that a later build reads and reports them again
+            # instead of finding a finished shard of this chunk and dropping them silently.
+            shutil.rmtree(temporary, ignore_errors=True)
+            return skipped
+        (temporary / _INDEX).write_text(json.dumps(written), encoding="utf-8")
+        try:
+            temporary.rename(final_dir)
+        except OSError:  # another process finished the same shard first
+            shutil.rmtree(temporary, ignore_errors=True)
+        return skipped
+
+    def _fill_shard(
+        self,
+        temporary: Path,
+        chunk: Sequence[tuple[str, Path, bool]],
+        crops: ImageCrops,
+        tower: nn.Module,
+        images_per_batch: int,
+        chunk_size: int,
+        num_workers: int,
+        skip_bad: bool,
+    ) -> tuple[list[list[object]], list[SkippedFile]]:
+        """Writes a shard's feature arrays into ``temporary``; returns its index rows and skipped files."""
         counts = [crops.image_num_crops(path, single) for _, path, single in chunk]
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         shape = (int(starts[-1]), self.num_tokens, self.hidden_size)
@@ -484,12 +547,7 @@ class FeatureCache:
         final.flush()
         levels.flush()
         del final, levels
-        (temporary / _INDEX).write_text(json.dumps(written), encoding="utf-8")
-        try:
-            temporary.rename(final_dir)
-        except OSError:  # another process finished the same shard first
-            shutil.rmtree(temporary, ignore_errors=True)
-        return skipped
+        return written, skipped
 
     def dataset(
         self, samples: Sequence[AnomalySample], crops: ImageCrops

@@ -205,10 +205,13 @@ def evaluate_dataset(
         kept_samples = [class_samples[i] for i in kept]
         labels = np.asarray([item.label for item in kept_samples], dtype=bool)
         with_masks = _class_masks(kept_samples, skip_bad, skipped)
+        # the images evaluated (and shown): all scored ones, less those whose mask was skipped
+        shown = list(range(len(kept_samples)))
         if with_masks is None:
             metrics = evaluate_class(class_name, labels, scores, max_fpr=max_fpr)
         else:
             mask_kept, masks = with_masks
+            shown = mask_kept
             pixel_maps, pixel_masks = _pixel_arrays(
                 class_name, [maps[i] for i in mask_kept], masks, pixel_size
             )
@@ -217,10 +220,14 @@ def evaluate_dataset(
             )
             del pixel_maps, pixel_masks
         results.append(metrics)
-        logger.info("%s/%s: image AUROC %.4f (%d images)", name, class_name, metrics.image_auroc, len(labels))
-        if heatmap_dir is not None and heatmaps_per_class > 0 and kept_samples:
+        logger.info("%s/%s: image AUROC %.4f (%d images)", name, class_name, metrics.image_auroc, len(shown))
+        if heatmap_dir is not None and heatmaps_per_class > 0 and shown:
             path = heatmap_dir / f"{class_name}.png"
-            heatmaps.append(_write_heatmaps(path, kept_samples, maps, heatmaps_per_class))
+            heatmaps.append(
+                _write_heatmaps(
+                    path, [kept_samples[i] for i in shown], [maps[i] for i in shown], heatmaps_per_class
+                )
+            )
     return DatasetResult(name, results, average_over_classes(results), skipped, heatmaps)
 
 

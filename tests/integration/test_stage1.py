@@ -94,6 +94,7 @@ def test_evaluation_ranks_anomalies_of_the_training_classes_first(trained, tiny_
         assert heldout["mean"][name] == pytest.approx(np.mean([c[name] for c in heldout["classes"].values()]))
     table = (eval_dir / "table.md").read_text()
     assert "| Model | synthetic_heldout | synthetic_seen | Avg |" in table
+    assert "**Not zero-shot** (allow_seen=true): the model was trained on synthetic_seen." in table
     assert f"| train_expert | {100 * heldout['mean']['image_auroc']:.1f} |" in table
     heatmaps = sorted(p.name for p in (eval_dir / "heatmaps").rglob("*.png"))
     assert len(heatmaps) == len(synthetic_data.train_categories) + len(synthetic_data.heldout_categories)

@@ -1,6 +1,9 @@
 """The crops of the tower and the on-disk feature cache (keying, budget, resume, bad input)."""
 
+import hashlib
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +202,40 @@ def test_bad_images_in_a_build_raise_or_are_reported(tower, processor, train_sam
     skipped = cache.build(samples, crops, tower, max_bytes=10**9, skip_bad=True, progress=False)
     assert sorted(Path(s.path).name for s in skipped) == ["broken.png", "missing.png"]
     assert cache.dataset(samples, crops)[1] == [0, 1, 2]
+
+
+def test_a_bad_image_is_reported_by_every_later_build(tower, processor, train_samples, tmp_path):
+    # A shard whose images all failed is not stored: a later build (skip or not) must read the bad file
+    # again, not find a "finished" shard of it and drop the sample silently.
+    broken = tmp_path / "broken.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 77).save(broken)
+    broken.write_bytes(broken.read_bytes()[:60])
+    samples = [*train_samples[:2], sample(broken, 1, "x")]
+    crops = ImageCrops(processor, single_crop=True)
+    cache = _cache(tmp_path / "cache", tower, crops)
+    for _ in range(3):
+        skipped = cache.build(samples, crops, tower, max_bytes=10**9, skip_bad=True, progress=False)
+        assert [Path(s.path).name for s in skipped] == ["broken.png"]
+    with pytest.raises(BadInputError, match=r"broken\.png"):
+        cache.build(samples, crops, tower, max_bytes=10**9, progress=False)
+    assert not [p.name for p in cache.dir.iterdir() if ".tmp" in p.name]  # a failed shard leaves nothing
+    assert cache.dataset(samples, crops)[1] == [0, 1]
+
+
+def test_a_killed_builds_temporary_shard_is_removed(tower, processor, train_samples, tmp_path):
+    crops = ImageCrops(processor, single_crop=True)
+    cache = _cache(tmp_path, tower, crops)
+    keys = [key for key, _, _ in cache.plan(train_samples[:4], crops, skip_bad=False).missing]
+    name = "shard-" + hashlib.sha256("".join(keys).encode()).hexdigest()[:20]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = cache.dir / f"{name}.tmp-{socket.gethostname()}-{dead.pid}"
+    elsewhere = cache.dir / f"{name}.tmp-another-node-{dead.pid}"  # a shared cache: maybe still writing
+    for folder in (killed, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "final.npy").write_bytes(b"half written")
+        (folder / "index.json").write_text(f'[["{keys[0]}", 0, 1]]')
+    assert cache.load_index() == {}  # temporary folders are never read, index or not
+    cache.build(train_samples[:4], crops, tower, max_bytes=10**9, progress=False)
+    assert not killed.exists() and elsewhere.is_dir()
+    assert cache.dataset(train_samples[:4], crops)[1] == [0, 1, 2, 3]
