@@ -30,6 +30,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anomaly_ov.data.images import to_rgb
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -102,15 +104,15 @@ def sample(
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Reads and fully decodes an image as RGB.
+    """Reads and fully decodes an image as RGB (16-bit grayscale scaled to 8 bits, see :func:`to_rgb`).
 
     Raises:
         BadInputError: If the file is missing, not an image, or truncated.
     """
     try:
         with Image.open(path) as handle:
-            # convert() decodes every pixel, so a truncated file fails here and not later in a worker.
-            return handle.convert("RGB")
+            # Decoding every pixel here makes a truncated file fail now, not later in a worker.
+            return to_rgb(handle)
     except FileNotFoundError:
         raise BadInputError(path, "image file not found") from None
     except UnidentifiedImageError:

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image, ImageOps
 
 from anomaly_ov.data.conversation import IM_END
+from anomaly_ov.data.images import to_rgb
 from anomaly_ov.models.anomaly_ov import AnomalyOV, AnomalyOVGeneration
 from anomaly_ov.models.checkpoint import load_anomaly_ov
 from anomaly_ov.models.processor import AnomalyOVProcessor
@@ -70,10 +71,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, config_name: str) -> No
     )
 
 
-# PIL modes of 16-bit grayscale files (PNG, TIFF); "I" is how some formats and Pillow versions hold them
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-
-
 def load_image(path: str | Path) -> Image.Image:
     """Reads an image file as RGB, upright and with its full intensity range.
 
@@ -87,12 +84,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode in SIXTEEN_BIT_MODES:
-                values = np.asarray(upright, dtype=np.float64)
-                eight_bit = np.round(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
-                upright = Image.fromarray(eight_bit)  # 2-D uint8: mode "L"
-            return upright.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 

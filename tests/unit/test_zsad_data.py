@@ -346,3 +346,18 @@ def test_prepare_reports_a_truncated_image(tmp_path, capsys):
     skipped = json.loads((tmp_path / "manifest.skipped.json").read_text())
     assert [Path(s["path"]).name for s in skipped] == ["no1.jpg"]
     assert len(read_manifest(tmp_path / "manifest.jsonl")) == 2
+
+
+def test_sixteen_bit_images_keep_their_range(tmp_path):
+    from PIL import Image
+
+    from anomaly_ov.data.zsad import load_image
+
+    # A 16-bit grayscale ramp (e.g. CT/MRI): scaled to 8 bits, not clipped white above 255.
+    values = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(values).save(path)
+    loaded = np.asarray(load_image(path))
+    assert loaded.shape == (16, 16, 3)
+    np.testing.assert_array_equal(loaded[..., 0], np.round(values / 257.0).astype(np.uint8))
+    assert loaded.max() == 255 and loaded.min() == 0 and (loaded[..., 0] < 128).mean() > 0.4
