@@ -49,10 +49,11 @@ def run(cfg: DictConfig) -> dict[str, object]:
 
     from anomaly_ov.data.zsad import check_zero_shot, write_skipped
     from anomaly_ov.training.checkpoint import latest_checkpoint
-    from anomaly_ov.training.distributed import shutdown
+    from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
 
     start = time.perf_counter()
     accelerator = instantiate(cfg.trainer.accelerator, log_with=cfg.logger.log_with)
+    quiet_other_ranks(accelerator.is_main_process)
     # Every process must write to the directory of rank 0 (a timestamped default can differ by a second).
     run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

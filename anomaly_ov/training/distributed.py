@@ -10,6 +10,7 @@ boundary therefore sees exactly the batches it would have seen, and 1 and N proc
 batches. The last, smaller batch of an epoch is kept when every rank gets at least one item.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -117,6 +118,16 @@ def make_accelerator(
         project_dir: Where trackers write.
     """
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir)
+
+
+def quiet_other_ranks(is_main_process: bool) -> None:
+    """Leaves progress logging to the main process: the others log warnings and errors only.
+
+    Every process inherits the same Hydra log handlers (console and ``<run_dir>/<task>.log``); without this
+    each INFO line would appear once per process.
+    """
+    if not is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def shutdown(accelerator: Accelerator) -> None:

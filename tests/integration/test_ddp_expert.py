@@ -46,6 +46,8 @@ def test_two_processes_train_the_same_expert_as_one(tiny_zoo, synthetic_data, tm
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     distributed = json.loads((two / "run" / "train_metrics.json").read_text())
     assert distributed["num_processes"] == 2 and distributed["num_samples"] == 66
+    # progress is logged by the main process only (both inherit the same log file)
+    assert (two / "run" / "train_expert.log").read_text().count("epoch 2/2: mean loss") == 1
     # the two processes shared the cache build: 66 images in shards of 16
     assert len(list((two / "cache").rglob("shard-*"))) == 5
 
