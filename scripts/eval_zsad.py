@@ -35,7 +35,11 @@ def run(cfg: DictConfig) -> dict[str, object]:
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: run_dir must be a finished train_expert run")
         trained = OmegaConf.load(config_path)
-        model_cfg, data_cfg, trained_on = trained.model, trained.data, list(trained.data.train)
+        if cfg.sources_from not in ("run", "config"):
+            raise ValueError(f"sources_from={cfg.sources_from!r}; expected 'run' or 'config'.")
+        # "config": the datasets as composed now (moved roots, new sources); the model stays the run's.
+        data_cfg = trained.data if cfg.sources_from == "run" else cfg.data
+        model_cfg, trained_on = trained.model, list(trained.data.train)
         crops_cfg = trained.features.crops
         eval_names = list(cfg.datasets if cfg.datasets is not None else trained.data.eval)
         checkpoint = run_dir / "expert.safetensors"
@@ -67,7 +71,13 @@ def run(cfg: DictConfig) -> dict[str, object]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.update(evaluated={"model": OmegaConf.to_container(model_cfg), "checkpoint": str(checkpoint)})
+    resolved.update(
+        evaluated={
+            "model": OmegaConf.to_container(model_cfg),
+            "checkpoint": str(checkpoint),
+            "data": OmegaConf.to_container(data_cfg, resolve=True),
+        }
+    )
     OmegaConf.save(OmegaConf.create(resolved), out_dir / "config.yaml")
     results = {}
     for name in eval_names:

@@ -142,3 +142,44 @@ def test_evaluating_a_checkpoint_without_its_run_gives_the_same_numbers(trained,
         == from_run["datasets"]["synthetic_heldout"]["mean"]
     )
     assert (out / "eval" / "ckpt" / "metrics.json").is_file()
+
+
+def test_a_run_is_evaluated_on_moved_datasets_with_sources_from_config(
+    trained, tiny_zoo, synthetic_data, tmp_path
+):
+    out, run_dir, _ = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(synthetic_data.root, moved)
+    evaluate = _script("eval_zsad").run
+    moved_paths = _paths(out, tiny_zoo, moved)
+    original = evaluate(_compose("eval_zsad", [f"run_dir={run_dir}", "output_name=orig", *moved_paths]))
+    relocated = evaluate(
+        _compose(
+            "eval_zsad",
+            [f"run_dir={run_dir}", "output_name=moved", "sources_from=config", "debug=tiny", *moved_paths],
+        )
+    )
+    assert (
+        relocated["datasets"]["synthetic_heldout"]["mean"]
+        == original["datasets"]["synthetic_heldout"]["mean"]
+    )
+    assert OmegaConf.load(run_dir / "eval" / "moved" / "config.yaml").evaluated.data.root == str(moved)
+    assert OmegaConf.load(run_dir / "eval" / "orig" / "config.yaml").evaluated.data.root == str(
+        synthetic_data.root
+    )
+    # With sources_from=config the new root is really read (a class removed there is an error naming it);
+    # the default keeps the run's own sources.
+    shutil.rmtree(moved / "mvtec" / "gear")
+    with pytest.raises(FileNotFoundError, match="gear"):
+        evaluate(
+            _compose(
+                "eval_zsad",
+                [f"run_dir={run_dir}", "output_name=gone", "sources_from=config", "debug=tiny", *moved_paths],
+            )
+        )
+    with pytest.raises(ValueError, match="sources_from"):
+        evaluate(
+            _compose(
+                "eval_zsad", [f"run_dir={run_dir}", "output_name=bad", "sources_from=both", *moved_paths]
+            )
+        )
