@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_ov.models import AnomalyExpert
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from anomaly_ov.models.builders import DTYPES
 
 
 class PeakRSS:

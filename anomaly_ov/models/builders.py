@@ -22,7 +22,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def _dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
+    """Maps a dtype name of the configs ("float32", "bfloat16", "float16") to torch."""
     if name not in DTYPES:
         raise ValueError(f"dtype={name!r} is not one of {sorted(DTYPES)}.")
     return DTYPES[name]
@@ -112,19 +113,19 @@ def build_vision_tower(
         :class:`~anomaly_ov.models.vision.OpenCLIPVisionTower`, frozen and in eval mode.
 
     """
-    torch_dtype = _dtype(dtype)
+    weights_dtype = torch_dtype(dtype)
     if backend in ("siglip", "clip"):
         from transformers import CLIPVisionModel, SiglipVisionModel
 
         model_class = SiglipVisionModel if backend == "siglip" else CLIPVisionModel
         with _quiet_transformers():
             model, info = model_class.from_pretrained(
-                name_or_path, output_loading_info=True, dtype=torch_dtype
+                name_or_path, output_loading_info=True, dtype=weights_dtype
             )
         _raise_on_incomplete_load(info, name_or_path, f"{backend} vision")
         return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=int(backend == "clip"))
     if backend == "llava_onevision":
-        model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, torch_dtype)
+        model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, weights_dtype)
         return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=num_prefix_tokens)
     if backend == "open_clip":
         import open_clip
@@ -136,7 +137,7 @@ def build_vision_tower(
             require_pretrained=True,
             weights_only=True,
         )
-        return OpenCLIPVisionTower(model.visual.to(torch_dtype), level_layers, final_layer)
+        return OpenCLIPVisionTower(model.visual.to(weights_dtype), level_layers, final_layer)
     raise ValueError(f"backend={backend!r} is not one of 'siglip', 'clip', 'llava_onevision', 'open_clip'.")
 
 
@@ -210,4 +211,4 @@ def build_expert(
         expert.load_weights(Path(checkpoint))
     if official_checkpoint is not None:
         expert.load_official_weights(Path(official_checkpoint))
-    return expert.to(_dtype(dtype))
+    return expert.to(torch_dtype(dtype))

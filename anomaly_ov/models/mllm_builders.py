@@ -13,27 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
 from anomaly_ov.data.conversation import DEFAULT_SYSTEM_PROMPT
 from anomaly_ov.models.anomaly_ov import AnomalyOV
+from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert import AnomalyExpert
 from anomaly_ov.models.processor import PROCESSOR_CONFIG_NAME, AnomalyOVProcessor
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """Maps a dtype name of the configs ("float32", "bfloat16", "float16") to torch."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype={name!r} is not one of {sorted(DTYPES)}.")
-    return DTYPES[name]
 
 
 @dataclass
