@@ -4,7 +4,7 @@
 #   synthetic data -> tiny zoo -> stage 1 (train the expert on the tiny LLaVA-OV's tower, feature cache)
 #   -> zero-shot evaluation on the held-out classes (metrics JSON, Table-2-style table, heatmaps)
 #   -> Anomaly-OV with the trained expert: predict (JSON lines + heatmap overlays) and a two-turn chat.
-# Re-running is safe: the data is regenerated identically, the zoo reused, the finished run resumed.
+# Re-running is safe: the data and the demo run are regenerated identically, the zoo is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -20,6 +20,7 @@ echo "== 1/6 synthetic anomaly data -> $out/synthetic"
 echo "== 2/6 tiny offline model zoo -> $out/zoo"
 "$py" -m anomaly_ov.cli make-tiny-zoo --out "$out/zoo" --seed 0
 echo "== 3/6 stage 1: train the expert on the training classes -> $run"
+rm -rf "$run"  # the demo's own run, trained afresh (a real run resumes instead: same run_dir)
 "$py" scripts/train_expert.py debug=tiny "${paths[@]}" run_dir="$run" logger=none
 echo "== 4/6 zero-shot evaluation on the held-out classes"
 "$py" scripts/eval_zsad.py "${paths[@]}" run_dir="$run"

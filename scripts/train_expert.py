@@ -72,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, object]:
 
     tower = instantiate(cfg.model.vision).to(accelerator.device)
     expert = instantiate(cfg.model.expert)
+    expert.tower_record = tower.record(str(cfg.model.vision.name_or_path))
     distributed = accelerator.num_processes > 1
     features = instantiate(cfg.features)(
         tower=tower,

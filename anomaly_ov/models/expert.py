@@ -50,6 +50,7 @@ from torch import nn
 
 SEVERITY_WORDS: tuple[str, str, str] = ("slightly", "moderately", "highly")
 _CONFIG_METADATA_KEY = "anomaly_ov.expert_config"
+_TOWER_METADATA_KEY = "anomaly_ov.tower"
 
 
 def severity_word(score: float, thresholds: Sequence[float] = (0.3, 0.7)) -> str:
@@ -139,9 +140,9 @@ class AnomalyExpert(nn.Module):
         severity_thresholds: Score thresholds of :func:`severity_word` (see :meth:`severity_words`).
         eps: Floor of the denominators (pooled map, sum of global weights).
 
-    Checkpoints: :meth:`save` / :meth:`from_checkpoint` (safetensors with the constructor values in the
-    metadata, exact round trip), :meth:`load_weights` (into an existing expert), :meth:`load_official`
-    (the released ``pretrained_expert_*.pth`` pickles).
+    Checkpoints: :meth:`save` / :meth:`from_checkpoint` (safetensors with the constructor values and the
+    :attr:`tower_record` in the metadata, exact round trip), :meth:`load_weights` (into an existing
+    expert), :meth:`load_official` (the released ``pretrained_expert_*.pth`` pickles).
 
     """
 
@@ -205,6 +206,9 @@ class AnomalyExpert(nn.Module):
         self.temperature = float(temperature)
         self.severity_thresholds = self.config.severity_thresholds
         self.eps = float(eps)
+        # The vision tower whose features the weights were trained on (FrozenVisionTower.record), kept with
+        # the checkpoint so that a model with another tower can refuse them (SPEC §4); None if unknown.
+        self.tower_record: dict[str, object] | None = None
 
         if learned_prompts:
             # Index 0 is the normal prompt, index 1 the abnormal one (the anomaly channel of the softmax).
@@ -466,10 +470,16 @@ class AnomalyExpert(nn.Module):
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, path: str | Path) -> None:
-        """Write the weights and constructor values to a safetensors file (see :meth:`from_checkpoint`)."""
+        """Write the weights and constructor values to a safetensors file (see :meth:`from_checkpoint`).
+
+        The :attr:`tower_record` (the vision tower the expert was trained on), when set, goes with them.
+        """
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.config).items()}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={_CONFIG_METADATA_KEY: json.dumps(config)})
+        metadata = {_CONFIG_METADATA_KEY: json.dumps(config)}
+        if self.tower_record is not None:
+            metadata[_TOWER_METADATA_KEY] = json.dumps(self.tower_record)
+        save_file(state, str(path), metadata=metadata)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | None = None) -> "AnomalyExpert":
@@ -497,9 +507,17 @@ class AnomalyExpert(nn.Module):
         return expert if dtype is None else expert.to(dtype)
 
     def load_weights(self, path: str | Path) -> None:
-        """Load a safetensors file written by :meth:`save` into this expert (every key must fit)."""
+        """Load a safetensors file written by :meth:`save` into this expert (every key must fit).
+
+        Also takes the file's :attr:`tower_record`, if it has one.
+        """
+        from safetensors import safe_open
+
         state = load_file(str(path))
         self._load_exactly(state, str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            record = (handle.metadata() or {}).get(_TOWER_METADATA_KEY)
+        self.tower_record = None if record is None else json.loads(record)
 
     def _load_exactly(self, state: dict[str, torch.Tensor], source: str) -> None:
         own = self.state_dict()

@@ -21,6 +21,7 @@ from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert import AnomalyExpert
 from anomaly_ov.models.processor import PROCESSOR_CONFIG_NAME, AnomalyOVProcessor
+from anomaly_ov.models.vision import patch_embedding_sample, same_tower_weights
 
 
 @dataclass
@@ -31,11 +32,13 @@ class LlavaOnevisionParts:
         llava: The model.
         processor: Its processor, extended with the reserved positions.
         level_layers: Vision hidden-state indices of the expert's level tokens.
+        name_or_path: The checkpoint it was loaded from (for messages).
     """
 
     llava: LlavaOnevisionForConditionalGeneration
     processor: AnomalyOVProcessor
     level_layers: tuple[int, ...]
+    name_or_path: str = ""
 
 
 @dataclass
@@ -150,7 +153,10 @@ def build_llm(
             )
     processor = load_processor(name_or_path, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
     return LlavaOnevisionParts(
-        llava=llava, processor=processor, level_layers=tuple(int(i) for i in level_layers)
+        llava=llava,
+        processor=processor,
+        level_layers=tuple(int(i) for i in level_layers),
+        name_or_path=str(name_or_path),
     )
 
 
@@ -191,6 +197,34 @@ def apply_lora(llava: LlavaOnevisionForConditionalGeneration, lora: LoraConfig) 
     llava.lm_head.requires_grad_(False)
 
 
+def check_expert_tower(expert: AnomalyExpert, llm: LlavaOnevisionParts) -> None:
+    """Refuses an expert trained on another vision tower or other level taps than this model's (SPEC §4).
+
+    An expert without a :attr:`~anomaly_ov.models.expert.AnomalyExpert.tower_record` (a released ``.pth``,
+    a fresh expert) is not checked.
+
+    Raises:
+        ValueError: Naming the tower the expert was trained on and this model's.
+    """
+    record = expert.tower_record
+    if record is None:
+        return
+    tower = llm.llava.model.vision_tower
+    num_blocks = tower.config.num_hidden_layers
+    levels = [i if i >= 0 else num_blocks + 1 + i for i in llm.level_layers]
+    here = f"the vision tower of {llm.name_or_path}"
+    if list(record["level_layers"]) != levels:
+        raise ValueError(
+            f"the expert was trained on hidden states {record['level_layers']} of {record['name_or_path']}, "
+            f"but this model feeds it hidden states {levels} of {here}."
+        )
+    if not same_tower_weights(record["patch_embedding_sample"], patch_embedding_sample(tower)):
+        raise ValueError(
+            f"the expert was trained on the features of {record['name_or_path']}, whose weights differ from "
+            f"{here}; an expert does not transfer between towers (train it on this model's tower)."
+        )
+
+
 def build_anomaly_ov(
     llm: LlavaOnevisionParts,
     expert: AnomalyExpert,
@@ -211,6 +245,7 @@ def build_anomaly_ov(
             f"the processor reserves positions for pool_grid={llm.processor.pool_grid} but the expert has "
             f"pool_grid={expert.pool_grid}."
         )
+    check_expert_tower(expert, llm)
     vision_device = next(llm.llava.model.vision_tower.parameters()).device
     expert = expert.to(vision_device)
     if lora is not None:

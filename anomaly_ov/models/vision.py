@@ -59,6 +59,32 @@ def _absolute_layer(index: int, num_blocks: int, argument: str) -> int:
     return index if index >= 0 else num_blocks + 1 + index
 
 
+TOWER_SAMPLE_SIZE = 32
+
+
+def patch_embedding_sample(backbone: nn.Module) -> list[float]:
+    """The first weights of a tower's patch convolution: a cheap, dtype-robust identity of its weights.
+
+    HF SigLIP / CLIP (``embeddings.patch_embedding``) and open_clip (``conv1``) towers all start with their
+    patch convolution, the first ``Conv2d`` among their modules.
+
+    Returns:
+        ``TOWER_SAMPLE_SIZE`` floats.
+
+    Raises:
+        ValueError: If the backbone has no convolution.
+    """
+    conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError(f"{type(backbone).__name__} has no patch convolution to identify it by.")
+    return conv.weight.detach().reshape(-1)[:TOWER_SAMPLE_SIZE].float().cpu().tolist()
+
+
+def same_tower_weights(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two :func:`patch_embedding_sample` values come from the same weights (up to bf16 rounding)."""
+    return len(a) == len(b) and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-4)
+
+
 class FrozenVisionTower(nn.Module):
     """Common part of the towers: frozen parameters, always in eval mode, no autograd graph.
 
@@ -99,6 +125,19 @@ class FrozenVisionTower(nn.Module):
         self.final_layer = _absolute_layer(final_layer, num_blocks, "final_layer")
         self.backbone.requires_grad_(False)
         self.backbone.eval()
+
+    def record(self, name_or_path: str) -> dict[str, object]:
+        """What an expert trained on this tower's features must remember about it (SPEC §4).
+
+        Args:
+            name_or_path: The tower's checkpoint, for messages.
+        """
+        return {
+            "name_or_path": name_or_path,
+            "level_layers": list(self.level_layers),
+            "final_layer": self.final_layer,
+            "patch_embedding_sample": patch_embedding_sample(self.backbone),
+        }
 
     def train(self, mode: bool = True) -> "FrozenVisionTower":
         """Keep the backbone in eval mode whatever the parent module asks (it is frozen)."""

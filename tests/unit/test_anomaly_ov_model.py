@@ -488,3 +488,39 @@ def test_trainable_parameters_follow_the_lora_option(tiny_zoo, lora):
     model(**batch).loss.backward()
     assert model.llava.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.expert.parameters())
+
+
+def test_an_expert_trained_on_another_tower_is_refused(tiny_zoo, tmp_path):
+    from anomaly_ov.models import AnomalyExpert
+    from anomaly_ov.models.builders import build_vision_tower
+    from anomaly_ov.models.mllm_builders import build_anomaly_ov, build_llm
+
+    levels = [2, 3, 4, 5]
+    own = build_vision_tower("llava_onevision", str(tiny_zoo.llava_ov), levels)
+    other = build_vision_tower("siglip", str(tiny_zoo.siglip), levels)  # same shapes, other weights
+    torch.manual_seed(0)
+    expert = AnomalyExpert(vision_dim=64, expert_dim=32, grid=8)
+    expert.tower_record = own.record(str(tiny_zoo.llava_ov))
+    path = tmp_path / "expert.safetensors"
+    expert.save(path)
+    loaded = AnomalyExpert.from_checkpoint(path)
+    assert loaded.tower_record == expert.tower_record
+    assert loaded.tower_record["level_layers"] == levels
+
+    # Trained on this model's own tower: accepted, also when the model runs in bf16.
+    build_anomaly_ov(build_llm(str(tiny_zoo.llava_ov), levels), loaded)
+    build_anomaly_ov(
+        build_llm(str(tiny_zoo.llava_ov), levels, dtype="bfloat16"), AnomalyExpert.from_checkpoint(path)
+    )
+
+    llm = build_llm(str(tiny_zoo.llava_ov), levels)
+    foreign = AnomalyExpert.from_checkpoint(path)
+    foreign.tower_record = other.record(str(tiny_zoo.siglip))
+    with pytest.raises(ValueError, match="weights differ"):
+        build_anomaly_ov(llm, foreign)
+    foreign.tower_record = {**own.record(str(tiny_zoo.llava_ov)), "level_layers": [1, 2, 3, 4]}
+    with pytest.raises(ValueError, match=r"hidden states \[1, 2, 3, 4\]"):
+        build_anomaly_ov(llm, foreign)
+    # An expert without a record (a released .pth, a fresh one) is not checked.
+    foreign.tower_record = None
+    build_anomaly_ov(llm, foreign)

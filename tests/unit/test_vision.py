@@ -321,3 +321,18 @@ def test_siglip_backend_reads_a_full_siglip_checkpoint(tmp_path: Path) -> None:
     features = tower(pixels)
     torch.testing.assert_close(features.final, hidden[-1])
     torch.testing.assert_close(features.levels[1], hidden[3])
+
+
+def test_tower_record_identifies_the_weights_across_dtypes() -> None:
+    from anomaly_ov.models.vision import same_tower_weights
+
+    tower = HFVisionTower(tiny_siglip(), LEVELS)
+    record = tower.record("tiny")
+    assert record["level_layers"] == LEVELS and record["final_layer"] == 6
+    assert record["name_or_path"] == "tiny"
+    half = HFVisionTower(tiny_siglip().to(torch.bfloat16), LEVELS).record("tiny")
+    assert same_tower_weights(record["patch_embedding_sample"], half["patch_embedding_sample"])
+    other = HFVisionTower(tiny_clip(), LEVELS).record("clip")
+    assert not same_tower_weights(record["patch_embedding_sample"], other["patch_embedding_sample"])
+    open_clip = OpenCLIPVisionTower(tiny_open_clip_visual(), LEVELS).record("open_clip")
+    assert len(open_clip["patch_embedding_sample"]) == len(record["patch_embedding_sample"])
