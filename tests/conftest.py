@@ -32,3 +32,18 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory):
     from anomaly_ov.data.synthetic import generate_synthetic
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0, scale="small")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-model tests (``pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models gain nothing from intra-op threads, and on shared CPUs the thread pool's spinning makes them
+    many times slower; the previous setting is restored for the modules that follow.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -5,22 +5,13 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anomaly_ov.inference import chat, predict
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
 from anomaly_ov.models.checkpoint import save_anomaly_ov
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared CPUs the thread pool's spinning makes
-    them many times slower; restore the setting for the modules that follow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_image(path, height, width, seed):

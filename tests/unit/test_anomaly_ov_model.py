@@ -25,14 +25,7 @@ from anomaly_ov.models.processor import AnomalyOVProcessor
 QUESTION = "Is there any anomaly in the image?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared CPUs the thread pool's spinning makes
-    them many times slower; restore the setting for the modules that follow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(height: int, width: int, seed: int) -> Image.Image:
