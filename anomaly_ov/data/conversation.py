@@ -22,11 +22,14 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-IMAGE_PLACEHOLDER = "<image>"
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+from anomaly_ov.data.tokens import (
+    DEFAULT_SYSTEM_PROMPT,
+    IGNORE_INDEX,
+    IM_END,
+    IM_START,
+    IMAGE_PLACEHOLDER,
+)
+
 ROLES: dict[str, str] = {"system": "system", "human": "user", "gpt": "assistant"}
 
 

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from transformers import LlavaOnevisionImageProcessor
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-from anomaly_ov.data.zsad import AnomalySample, BadInputError, SkippedFile, image_size, load_image
+from anomaly_ov.data.images import BadInputError, SkippedFile, image_size, read_image
+from anomaly_ov.data.zsad import AnomalySample
 from anomaly_ov.models.vision import anyres_crops
 
 
@@ -83,7 +84,7 @@ class ImageCrops:
         Raises:
             BadInputError: If the image is missing, unreadable or truncated.
         """
-        image = load_image(path)
+        image = read_image(path, max_side=None)
         if single:
             # With one pinpoint of the crop size the processor makes the whole-image crop and one tile.
             side = self.crop_size

@@ -1,14 +1,63 @@
-"""Decoded images to 8-bit RGB, keeping their intensity range.
+"""The one image reader: a file -> the RGB picture every model part sees.
 
-Shared by the dataset readers and the inference commands, so training, evaluation and ``predict`` see the
-same pixels for the same file.
+Shared by stage-1 feature extraction and caching, zero-shot evaluation, the processor (training and
+inference), ``predict``, ``chat`` and the benchmark evaluations, so the same file gives the same pixels
+everywhere:
+
+* the EXIF orientation is applied (camera JPEGs are stored sideways);
+* 16-bit grayscale is scaled to 8 bits, not clipped (:func:`to_rgb`);
+* an image whose long side exceeds ``max_side`` (the release: 1024 px) is resized, aspect kept, with PIL's
+  default resampling, so that its long side is ``max_side`` -- before anything else, as the release does in
+  training and evaluation (SPEC §5). It changes the AnyRes tile grid of most large images;
+* every failure is a :class:`BadInputError` naming the file.
 """
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL modes of 16-bit grayscale files (PNG, TIFF); "I" is how some formats and Pillow versions hold them.
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# The image files every reader and command accepts (lower-case suffixes).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The release's limit on the long side (SPEC §5); configs expose it as max_image_side.
+RELEASE_MAX_IMAGE_SIDE = 1024
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+class BadInputError(ValueError):
+    """An image or mask that cannot be used, with the file and the reason.
+
+    Attributes:
+        path: The offending file.
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out under the explicit skip-and-report option.
+
+    Attributes:
+        path: The offending file.
+        reason: Why it was left out.
+    """
+
+    path: str
+    reason: str
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file with one of :data:`IMAGE_SUFFIXES`."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -27,3 +76,92 @@ def to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257.0).astype(np.uint8))
     return image.convert("RGB")
+
+
+def limited_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) after the release's long-side limit (unchanged when it already fits).
+
+    Args:
+        width: Image width.
+        height: Image height.
+        max_side: Longest allowed side in pixels, or None for no limit.
+
+    Returns:
+        The size the image is resized to: the long side becomes ``max_side``, the short side is scaled by
+        the same factor and rounded (at least 1 pixel).
+    """
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    if max_side < 1:
+        raise ValueError(f"max_side={max_side} must be positive or None.")
+    scale = max_side / max(width, height)
+    if width >= height:
+        return max_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), max_side
+
+
+def limit_side(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Resizes ``image`` (aspect kept, PIL's default resampling) so its long side is at most ``max_side``."""
+    size = limited_size(*image.size, max_side)
+    return image if size == image.size else image.resize(size)
+
+
+def read_image(path: str | Path, max_side: int | None = RELEASE_MAX_IMAGE_SIDE) -> Image.Image:
+    """Reads an image file as the models see it: decoded, upright, RGB, long side limited.
+
+    Args:
+        path: The image file.
+        max_side: The long-side limit (the release's 1024 by default; None keeps the full size).
+
+    Returns:
+        An RGB PIL image.
+
+    Raises:
+        BadInputError: If the file is missing, not an image, or truncated (the message names the file).
+    """
+    try:
+        with Image.open(path) as handle:
+            # Decoding every pixel here makes a truncated file fail now, not later in a worker.
+            handle.load()
+            image = to_rgb(ImageOps.exif_transpose(handle))
+    except FileNotFoundError:
+        raise BadInputError(path, "image file not found") from None
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not a readable image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadInputError(path, f"unreadable or truncated image ({error})") from None
+    return limit_side(image, max_side)
+
+
+def image_size(path: str | Path, max_side: int | None = None) -> tuple[int, int]:
+    """(width, height) of an image as :func:`read_image` returns it, from the header only (no decoding).
+
+    Args:
+        path: The image file.
+        max_side: The same long-side limit :func:`read_image` applies (None: the stored size).
+
+    Raises:
+        BadInputError: If the file is missing or not an image.
+    """
+    try:
+        with Image.open(path) as handle:
+            width, height = handle.size
+            orientation = _exif_orientation(handle)
+    except FileNotFoundError:
+        raise BadInputError(path, "image file not found") from None
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not a readable image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadInputError(path, f"unreadable image ({error})") from None
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return limited_size(width, height, max_side)
+
+
+def _exif_orientation(handle: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image, or None (no EXIF, or EXIF that cannot be read)."""
+    try:
+        return handle.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError):
+        # a header-only look must not fail on a truncated body; decoding will name the file later
+        return None

@@ -30,38 +30,15 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_ov.data.images import to_rgb
+from anomaly_ov.data.images import (
+    IMAGE_SUFFIXES,
+    BadInputError,
+    SkippedFile,
+    image_size,
+    read_image,
+)
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-class BadInputError(ValueError):
-    """An image or mask that cannot be used, with the file and the reason.
-
-    Attributes:
-        path: The offending file.
-        reason: What is wrong with it.
-    """
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file left out under the explicit skip-and-report option.
-
-    Attributes:
-        path: The offending file.
-        reason: Why it was left out.
-    """
-
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -101,41 +78,6 @@ def sample(
 
 
 # ------------------------------------------------------------------------------------------------ image files
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Reads and fully decodes an image as RGB (16-bit grayscale scaled to 8 bits, see :func:`to_rgb`).
-
-    Raises:
-        BadInputError: If the file is missing, not an image, or truncated.
-    """
-    try:
-        with Image.open(path) as handle:
-            # Decoding every pixel here makes a truncated file fail now, not later in a worker.
-            return to_rgb(handle)
-    except FileNotFoundError:
-        raise BadInputError(path, "image file not found") from None
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not a readable image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(path, f"unreadable or truncated image ({error})") from None
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image from its header, without decoding the pixels.
-
-    Raises:
-        BadInputError: If the file is missing or not an image.
-    """
-    try:
-        with Image.open(path) as handle:
-            return handle.size
-    except FileNotFoundError:
-        raise BadInputError(path, "image file not found") from None
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not a readable image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(path, f"unreadable image ({error})") from None
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -178,7 +120,7 @@ def check_sample(item: AnomalySample, decode: bool = False) -> None:
     Raises:
         BadInputError: Naming the first unusable file.
     """
-    sizes = [load_image(path).size if decode else image_size(path) for path in item.images]
+    sizes = [read_image(path, max_side=None).size if decode else image_size(path) for path in item.images]
     if item.mask is not None:
         if decode:
             load_mask(item.mask, sizes[0])

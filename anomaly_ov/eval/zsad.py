@@ -20,15 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from anomaly_ov.data.features import FeatureSource
-from anomaly_ov.data.zsad import (
-    AnomalySample,
-    BadInputError,
-    SkippedFile,
-    group_by_class,
-    image_size,
-    load_image,
-    load_mask,
-)
+from anomaly_ov.data.images import BadInputError, SkippedFile, image_size, read_image
+from anomaly_ov.data.zsad import AnomalySample, group_by_class, load_mask
 from anomaly_ov.eval.heatmap import save_heatmap_grid
 from anomaly_ov.eval.metrics import ClassMetrics, average_over_classes, evaluate_class, upsample_maps
 from anomaly_ov.models.expert import AnomalyExpert
@@ -239,7 +232,7 @@ def _write_heatmaps(
 ) -> Path:
     """One PNG per class: image | overlay (| mask) for its first ``count`` images, anomalous ones first."""
     order = sorted(range(len(samples)), key=lambda i: (-samples[i].label, i))[:count]
-    images = [load_image(samples[i].image) for i in order]
+    images = [read_image(samples[i].image, max_side=None) for i in order]
     masks = None
     if any(samples[i].mask is not None for i in order):
         masks = [

@@ -20,12 +20,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from anomaly_ov.data.conversation import IMAGE_PLACEHOLDER
+from anomaly_ov.data.images import read_image
+from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 from anomaly_ov.inference.pipeline import (
     AnomalyOVPipeline,
     add_model_arguments,
     compose_config,
-    load_image,
 )
 
 
@@ -62,7 +62,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     """Runs the chat; returns 0, or 2 on bad input (unreadable image, wrong placeholders)."""
     args = _parser().parse_args(argv)
     try:
-        image = load_image(args.image)
+        image = read_image(args.image)
     except ValueError as error:
         print(f"chat: {error}", file=sys.stderr)
         return 2

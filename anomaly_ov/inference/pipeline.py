@@ -19,10 +19,9 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image, ImageOps
+from PIL import Image
 
-from anomaly_ov.data.conversation import IM_END
-from anomaly_ov.data.images import to_rgb
+from anomaly_ov.data.tokens import IM_END
 from anomaly_ov.models.anomaly_ov import AnomalyOV, AnomalyOVGeneration
 from anomaly_ov.models.checkpoint import load_anomaly_ov
 from anomaly_ov.models.processor import AnomalyOVProcessor
@@ -69,24 +68,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, config_name: str) -> No
         metavar="KEY=VALUE",
         help=f"Hydra overrides of configs/{config_name}.yaml, e.g. model/llm=llava_ov_05b paths.zoo_dir=/zoo",
     )
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Reads an image file as RGB, upright and with its full intensity range.
-
-    The EXIF orientation is applied (phone and camera JPEGs are stored sideways), so the model and the
-    heat maps see the image as viewers show it. 16-bit grayscale is scaled to 8 bits (65535 -> 255):
-    PIL's own conversion clips every value above 255, which turns most 16-bit images white.
-
-    Raises:
-        ValueError: If the file is missing or not a readable image (the message names the file).
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 @dataclass

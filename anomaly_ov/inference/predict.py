@@ -34,16 +34,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from anomaly_ov.data.conversation import IMAGE_PLACEHOLDER
+from anomaly_ov.data.images import IMAGE_SUFFIXES, read_image
+from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 from anomaly_ov.eval.heatmap import overlay_heatmap
 from anomaly_ov.inference.pipeline import (
     AnomalyOVPipeline,
     add_model_arguments,
     compose_config,
-    load_image,
 )
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
 
@@ -144,7 +143,7 @@ def predict(
             for index in range(start, min(start + batch_size, len(images))):
                 path = images[index]
                 try:
-                    image = load_image(path)
+                    image = read_image(path)
                     # checked alone so that a bad image is reported without failing its batch
                     pipeline.processor.check_image(image, str(path))
                 except ValueError as error:

@@ -45,66 +45,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
-from anomaly_ov.models.expert import SEVERITY_WORDS, AnomalyExpert, ExpertOutput, severity_word
-
-IGNORE_INDEX = -100
-SEVERITY_TEMPLATE = "with {} suspicious features: "
-SEVERITY_TOKEN = "<severity>"
-ANOMALY_TOKEN = "<anomaly>"
-
-
-def severity_text(word: str) -> str:
-    """The text inserted after an image's tokens for a severity adverb (SPEC §3, exactly)."""
-    return SEVERITY_TEMPLATE.format(word)
-
-
-def severity_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
-    """Tokenizes the three severity texts with the LLM's own tokenizer (no hard-coded ids).
-
-    Returns:
-        Adverb ("slightly", "moderately", "highly") -> token ids of ``with {adverb} suspicious features: ``.
-    """
-    return {
-        word: list(tokenizer(severity_text(word), add_special_tokens=False)["input_ids"])
-        for word in SEVERITY_WORDS
-    }
-
-
-def anomaly_token_count(tile_grid: tuple[int, int] | None, pool_grid: int) -> int:
-    """Number of anomaly-token positions of one image (SPEC §3).
-
-    Args:
-        tile_grid: ``(rows, cols)`` of the AnyRes tile grid, or None for a single crop.
-        pool_grid: Side of the expert's pooling grid (local tokens per crop = ``pool_grid ** 2``).
-
-    Returns:
-        ``1 + P + pool*rows * (pool*cols + 1)`` with tiles, ``1 + P + 1`` for a single crop.
-    """
-    cells = pool_grid * pool_grid
-    if tile_grid is None:
-        return 1 + cells + 1
-    rows, cols = tile_grid
-    return 1 + cells + pool_grid * rows * (pool_grid * cols + 1)
-
-
-@dataclass(frozen=True)
-class PlaceholderTokens:
-    """Token ids of the positions the processor reserves for each image.
-
-    Attributes:
-        image: Id of LLaVA-OneVision's image token (one position per packed image feature).
-        severity: Id of the severity-text placeholder.
-        anomaly: Id of the anomaly-token placeholder.
-        severity_slots: Severity positions per image (the longest severity text, in tokens).
-    """
-
-    image: int
-    severity: int
-    anomaly: int
-    severity_slots: int
+from anomaly_ov.data.tokens import (
+    ANOMALY_TOKEN,
+    IGNORE_INDEX,
+    SEVERITY_TOKEN,
+    SEVERITY_WORDS,
+    PlaceholderTokens,
+    severity_word,
+)
+from anomaly_ov.models.expert import AnomalyExpert, ExpertOutput
 
 
 @dataclass
@@ -200,7 +152,8 @@ class AnomalyOV(nn.Module):
         level_layers: Vision hidden-state indices of the expert's level tokens (released: [7, 13, 19, 25];
             tiny zoo: [2, 3, 4, 5]).
         placeholders: Ids of the reserved positions (from the processor's tokenizer).
-        severity_ids: Adverb -> token ids of the severity text (:func:`severity_token_ids`).
+        severity_ids: Adverb -> token ids of the severity text
+            (:func:`anomaly_ov.models.processor.severity_token_ids`).
     """
 
     def __init__(

@@ -4,14 +4,14 @@ Hydra configs point ``_target_`` at these functions (``configs/model/vision/*.ya
 ``configs/model/expert/*.yaml``).
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
 from anomaly_ov.models.vision import FrozenVisionTower, HFVisionTower, OpenCLIPVisionTower
 
 VisionBackend = Literal["siglip", "clip", "llava_onevision", "open_clip"]
@@ -29,34 +29,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report and progress bar; the loading info is checked by the caller."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    progress_bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if progress_bar:
-            hf_logging.enable_progress_bar()
-
-
-def _raise_on_incomplete_load(info: dict[str, object], name_or_path: str, what: str) -> None:
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        raise ValueError(
-            f"{name_or_path}: the {what} weights are incomplete (missing keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}, shape mismatches {mismatched[:20]}); the tower would be "
-            "partly random."
-        )
-
-
 def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[torch.nn.Module, int]:
     """Load only the vision tower of a LLaVA-OneVision checkpoint (the LLM weights are never materialised).
 
@@ -71,7 +43,7 @@ def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[
     strategy = config.vision_feature_select_strategy
     if strategy not in ("default", "full"):
         raise ValueError(f"{name_or_path}: unknown vision_feature_select_strategy {strategy!r}.")
-    with _quiet_transformers():
+    with quiet_transformers():
         model, info = AutoModel.from_pretrained(
             name_or_path,
             config=config.vision_config,
@@ -80,7 +52,7 @@ def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[
             output_loading_info=True,
             dtype=dtype,
         )
-    _raise_on_incomplete_load(info, name_or_path, "LLaVA-OneVision vision tower")
+    raise_on_incomplete_load(info, name_or_path, "LLaVA-OneVision vision tower")
     return model, 1 if strategy == "default" else 0
 
 
@@ -118,11 +90,11 @@ def build_vision_tower(
         from transformers import CLIPVisionModel, SiglipVisionModel
 
         model_class = SiglipVisionModel if backend == "siglip" else CLIPVisionModel
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = model_class.from_pretrained(
                 name_or_path, output_loading_info=True, dtype=weights_dtype
             )
-        _raise_on_incomplete_load(info, name_or_path, f"{backend} vision")
+        raise_on_incomplete_load(info, name_or_path, f"{backend} vision")
         return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=int(backend == "clip"))
     if backend == "llava_onevision":
         model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, weights_dtype)

@@ -48,31 +48,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SEVERITY_WORDS: tuple[str, str, str] = ("slightly", "moderately", "highly")
+from anomaly_ov.data.tokens import severity_word
+
 _CONFIG_METADATA_KEY = "anomaly_ov.expert_config"
 _TOWER_METADATA_KEY = "anomaly_ov.tower"
-
-
-def severity_word(score: float, thresholds: Sequence[float] = (0.3, 0.7)) -> str:
-    """Return the adverb that tells the LLM how suspicious the expert finds an image (SPEC §3).
-
-    Args:
-        score: Anomaly probability in [0, 1].
-        thresholds: Increasing (low, high): below ``low`` -> "slightly", below ``high`` -> "moderately",
-            else "highly".
-
-    Returns:
-        One of "slightly", "moderately", "highly".
-
-    """
-    low, high = thresholds
-    if not low <= high:
-        raise ValueError(f"thresholds={tuple(thresholds)} must be increasing (low <= high).")
-    if score < low:
-        return SEVERITY_WORDS[0]
-    if score < high:
-        return SEVERITY_WORDS[1]
-    return SEVERITY_WORDS[2]
 
 
 @dataclass(frozen=True)

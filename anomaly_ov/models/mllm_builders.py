@@ -8,18 +8,18 @@ expert (``configs/model/expert``, :func:`anomaly_ov.models.builders.build_expert
 The tiny zoo and the llava-hf checkpoints go through exactly the same functions.
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
-from anomaly_ov.data.conversation import DEFAULT_SYSTEM_PROMPT
+from anomaly_ov.data.tokens import DEFAULT_SYSTEM_PROMPT
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
 from anomaly_ov.models.processor import PROCESSOR_CONFIG_NAME, AnomalyOVProcessor
 from anomaly_ov.models.vision import patch_embedding_sample, same_tower_weights
 
@@ -49,21 +49,6 @@ class AnomalyOVBundle:
     processor: AnomalyOVProcessor
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silences transformers' load report and progress bars; loading problems are checked explicitly."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(verbosity)
-
-
 def load_llava_onevision(
     name_or_path: str,
     dtype: str = "float32",
@@ -81,7 +66,7 @@ def load_llava_onevision(
     Raises:
         ValueError: If weights are missing or have other shapes (the model would be partly random).
     """
-    with _quiet_transformers():
+    with quiet_transformers():
         llava, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
             name_or_path,
             dtype=torch_dtype(dtype),
@@ -89,13 +74,7 @@ def load_llava_onevision(
             attn_implementation=attn_implementation,
             output_loading_info=True,
         )
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        raise ValueError(
-            f"{name_or_path}: LLaVA-OneVision weights are incomplete (missing {missing[:10]}, "
-            f"shape mismatches {mismatched[:10]})."
-        )
+    raise_on_incomplete_load(info, name_or_path, "LLaVA-OneVision")
     return llava.eval()
 
 
@@ -116,7 +95,7 @@ def load_processor(
     """
     if (Path(name_or_path) / PROCESSOR_CONFIG_NAME).is_file():
         return AnomalyOVProcessor.from_pretrained(name_or_path)
-    with _quiet_transformers():
+    with quiet_transformers():
         base = LlavaOnevisionProcessor.from_pretrained(name_or_path)
     return AnomalyOVProcessor(base, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
 

@@ -22,27 +22,37 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tokenizers import AddedToken
-from transformers import BatchFeature, LlavaOnevisionProcessor
+from transformers import BatchFeature, LlavaOnevisionProcessor, PreTrainedTokenizerBase
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     get_anyres_image_grid_shape,
     image_size_to_num_patches,
 )
 
-from anomaly_ov.data.conversation import (
+from anomaly_ov.data.conversation import TokenizedConversation, tokenize_conversation
+from anomaly_ov.data.tokens import (
+    ANOMALY_TOKEN,
     DEFAULT_SYSTEM_PROMPT,
     IGNORE_INDEX,
-    TokenizedConversation,
-    tokenize_conversation,
-)
-from anomaly_ov.models.anomaly_ov import (
-    ANOMALY_TOKEN,
     SEVERITY_TOKEN,
+    SEVERITY_WORDS,
     PlaceholderTokens,
     anomaly_token_count,
-    severity_token_ids,
+    severity_text,
 )
 
 PROCESSOR_CONFIG_NAME = "anomaly_ov_processor.json"
+
+
+def severity_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """Tokenizes the three severity texts with the LLM's own tokenizer (no hard-coded ids).
+
+    Returns:
+        Adverb ("slightly", "moderately", "highly") -> token ids of ``with {adverb} suspicious features: ``.
+    """
+    return {
+        word: list(tokenizer(severity_text(word), add_special_tokens=False)["input_ids"])
+        for word in SEVERITY_WORDS
+    }
 
 
 @dataclass

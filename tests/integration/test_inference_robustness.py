@@ -20,8 +20,9 @@ from transformers import (
 )
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
-from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config, load_image
-from anomaly_ov.models.anomaly_ov import anomaly_token_count
+from anomaly_ov.data.images import read_image as load_image
+from anomaly_ov.data.tokens import anomaly_token_count
+from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
 from anomaly_ov.models.checkpoint import load_anomaly_ov, save_anomaly_ov
 
 QUESTION = [{"from": "human", "value": "<image>\nIs there any anomaly in the image?"}]

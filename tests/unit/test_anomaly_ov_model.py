@@ -11,16 +11,11 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import LlavaOnevisionProcessor
 
+from anomaly_ov.data.tokens import ANOMALY_TOKEN, SEVERITY_TOKEN, anomaly_token_count
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
-from anomaly_ov.models.anomaly_ov import (
-    ANOMALY_TOKEN,
-    SEVERITY_TOKEN,
-    AnomalyOV,
-    anomaly_token_count,
-    severity_token_ids,
-)
+from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.checkpoint import load_anomaly_ov, save_anomaly_ov
-from anomaly_ov.models.processor import AnomalyOVProcessor
+from anomaly_ov.models.processor import AnomalyOVProcessor, severity_token_ids
 
 QUESTION = "Is there any anomaly in the image?"
 

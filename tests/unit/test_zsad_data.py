@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from anomaly_ov.data.images import read_image as load_image
 from anomaly_ov.data.manifest import ManifestSource, read_manifest, write_manifest
 from anomaly_ov.data.zsad import (
     BadInputError,
@@ -20,7 +21,6 @@ from anomaly_ov.data.zsad import (
     check_sample,
     check_zero_shot,
     group_by_class,
-    load_image,
     sample,
     screen_samples,
 )
@@ -350,8 +350,6 @@ def test_prepare_reports_a_truncated_image(tmp_path, capsys):
 
 def test_sixteen_bit_images_keep_their_range(tmp_path):
     from PIL import Image
-
-    from anomaly_ov.data.zsad import load_image
 
     # A 16-bit grayscale ramp (e.g. CT/MRI): scaled to 8 bits, not clipped white above 255.
     values = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
