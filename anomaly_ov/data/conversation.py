@@ -1,4 +1,4 @@
-r"""Conversations (SPEC §5 records) -> token ids + labels in Qwen's ChatML; only assistant turns labelled.
+r"""Conversations (SPEC §5 records) -> token ids + labels in Qwen's ChatML, by one of two label rules.
 
 This is the one function that turns a conversation into model input, for training (stage 2) and inference
 alike; there is no per-LLM preprocessing. A conversation is the ``conversations`` list of an instruction
@@ -13,12 +13,22 @@ conversation format, the one the llava-hf OneVision checkpoints were trained wit
     <|im_start|>user\\n{human value}<|im_end|>\\n
     <|im_start|>assistant\\n{gpt value}<|im_end|>\\n
 
-Labels are the token ids of each assistant answer and its closing ``<|im_end|>`` (what the model must learn
-to produce, including when to stop); every other position is -100.
+The turns alternate human, gpt, human, gpt, ... after an optional first system turn. Two label rules
+(SPEC §4):
+
+* ``"assistant"`` (this project's default): the token ids of each assistant answer and its closing
+  ``<|im_end|>`` (what the model must learn to produce, including when to stop); every other position -100.
+* ``"release"`` (LLaVA-NeXT's ``qwen_1_5`` preprocessing, for exact reproduction): the whole assistant
+  message, ``<|im_start|>assistant\\n{answer}<|im_end|>\\n``, plus every ``\\n``, ``<|im_start|>`` and
+  ``<|im_end|>`` token of the system and user messages. The release matches these by token id, so a newline
+  merged into another token (``".\\n"``, ``"\\n\\n"``) stays unlabelled, here too.
+
+In both, the positions of the image expansions (image, severity and anomaly placeholders) are -100.
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -31,6 +41,11 @@ from anomaly_ov.data.tokens import (
 )
 
 ROLES: dict[str, str] = {"system": "system", "human": "user", "gpt": "assistant"}
+LABEL_RULES: tuple[str, ...] = ("assistant", "release")
+LabelRule = Literal["assistant", "release"]
+
+# How the tokens of a rendered piece are labelled.
+_ANSWER, _TEXT, _PLACEHOLDER = "answer", "text", "placeholder"
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class TokenizedConversation:
 
     Attributes:
         input_ids: Token ids.
-        labels: ``input_ids`` on assistant answers (and their ``<|im_end|>``), -100 elsewhere.
+        labels: ``input_ids`` where the label rule learns them, -100 elsewhere.
         text: The rendered text that was tokenized.
     """
 
@@ -65,6 +80,14 @@ def _check_turns(turns: Sequence[Mapping[str, str]], source: str) -> None:
             raise ValueError(
                 f"{source}: turn {index} ({role}) holds {IMAGE_PLACEHOLDER}; only human turns may."
             )
+    first = 1 if turns[0]["from"] == "system" else 0
+    for index in range(first, len(turns)):
+        expected = "human" if (index - first) % 2 == 0 else "gpt"
+        if turns[index]["from"] != expected:
+            raise ValueError(
+                f"{source}: roles do not alternate: turn {index} is {turns[index]['from']!r} where "
+                f"{expected!r} was expected (human, gpt, human, gpt, ... after an optional system turn)."
+            )
 
 
 def tokenize_conversation(
@@ -74,8 +97,9 @@ def tokenize_conversation(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     add_generation_prompt: bool = False,
     source: str = "conversation",
+    label_rule: LabelRule = "assistant",
 ) -> TokenizedConversation:
-    r"""Renders a conversation as ChatML and tokenizes it, labelling only the assistant answers.
+    r"""Renders a conversation as ChatML and tokenizes it, with labels by ``label_rule``.
 
     Args:
         turns: SPEC §5 turns (``from`` in human / gpt, optionally a first system turn; ``value`` text).
@@ -85,14 +109,18 @@ def tokenize_conversation(
         system_prompt: System message used when the conversation has no system turn (None: none).
         add_generation_prompt: Append ``<|im_start|>assistant\\n`` so that the model answers next.
         source: Name of the record, for error messages.
+        label_rule: ``"assistant"`` (answers and their ``<|im_end|>``) or ``"release"`` (LLaVA-NeXT's
+            rule); see the module docstring.
 
     Returns:
         Token ids, labels and the rendered text.
 
     Raises:
-        ValueError: If the turns are malformed, or the number of ``<image>`` placeholders differs from the
-            number of images (the message names ``source`` and both counts).
+        ValueError: If ``label_rule`` is unknown, the turns are malformed or do not alternate, or the number
+            of ``<image>`` placeholders differs from the number of images (the message names ``source``).
     """
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"label_rule={label_rule!r}; expected one of {LABEL_RULES}.")
     _check_turns(turns, source)
     placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
     if placeholders != len(image_expansions):
@@ -102,35 +130,60 @@ def tokenize_conversation(
             "per image."
         )
 
-    pieces: list[tuple[str, bool]] = []  # (text, labelled)
+    release = label_rule == "release"
+    pieces: list[tuple[str, str]] = []  # (text, kind)
     if turns[0]["from"] != "system" and system_prompt is not None:
-        pieces.append((f"{IM_START}system\n{system_prompt}{IM_END}\n", False))
+        pieces.append((f"{IM_START}system\n{system_prompt}{IM_END}\n", _TEXT))
     expansions = iter(image_expansions)
     for turn in turns:
         role, value = turn["from"], turn["value"]
-        if role == "human":
-            parts = value.split(IMAGE_PLACEHOLDER)
-            value = parts[0] + "".join(next(expansions) + part for part in parts[1:])
         if role == "gpt":
-            pieces += [(f"{IM_START}assistant\n", False), (f"{value}{IM_END}", True), ("\n", False)]
-        else:
-            pieces.append((f"{IM_START}{ROLES[role]}\n{value}{IM_END}\n", False))
+            if release:
+                pieces.append((f"{IM_START}assistant\n{value}{IM_END}\n", _ANSWER))
+            else:
+                pieces += [(f"{IM_START}assistant\n", _TEXT), (f"{value}{IM_END}", _ANSWER), ("\n", _TEXT)]
+            continue
+        parts = value.split(IMAGE_PLACEHOLDER)
+        pieces.append((f"{IM_START}{ROLES[role]}\n{parts[0]}", _TEXT))
+        for part in parts[1:]:
+            pieces += [(next(expansions), _PLACEHOLDER), (part, _TEXT)]
+        pieces.append((f"{IM_END}\n", _TEXT))
     if add_generation_prompt:
-        pieces.append((f"{IM_START}assistant\n", False))
+        pieces.append((f"{IM_START}assistant\n", _TEXT))
 
     text = "".join(piece for piece, _ in pieces)
-    labelled_spans = []
-    offset = 0
-    for piece, labelled in pieces:
-        if labelled:
-            labelled_spans.append((offset, offset + len(piece)))
-        offset += len(piece)
-    # One tokenization of the whole text (exactly what inference sees); a token is labelled when it starts
-    # inside an answer span.
+    # One tokenization of the whole text (exactly what inference sees); a token takes the kind of the piece
+    # it starts in.
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])
+    starts = [begin for begin, _ in encoded["offset_mapping"]]
+    kinds = _token_kinds(pieces, starts)
+    structural = _structural_ids(tokenizer) if release else frozenset()
     labels = [
-        token if any(start <= begin < end for start, end in labelled_spans) else IGNORE_INDEX
-        for token, (begin, _) in zip(input_ids, encoded["offset_mapping"], strict=True)
+        token if kind == _ANSWER or (kind == _TEXT and token in structural) else IGNORE_INDEX
+        for token, kind in zip(input_ids, kinds, strict=True)
     ]
     return TokenizedConversation(input_ids=input_ids, labels=labels, text=text)
+
+
+def _token_kinds(pieces: Sequence[tuple[str, str]], starts: Sequence[int]) -> list[str]:
+    """The kind of the piece each token starts in (``starts`` ascending character offsets)."""
+    kinds: list[str] = []
+    piece, end = -1, 0
+    for start in starts:
+        while start >= end and piece + 1 < len(pieces):
+            piece += 1
+            end += len(pieces[piece][0])
+        kinds.append(pieces[piece][1])
+    return kinds
+
+
+def _structural_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Ids the release rule learns in system and user messages: newline, ``<|im_start|>``, ``<|im_end|>``."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(newline) != 1:
+        raise ValueError(f"the tokenizer splits a newline into {len(newline)} tokens; the release needs 1.")
+    ids = [newline[0], *tokenizer.convert_tokens_to_ids([IM_START, IM_END])]
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids[1:]:
+        raise ValueError(f"the tokenizer does not know {IM_START} / {IM_END}.")
+    return frozenset(ids)
