@@ -102,3 +102,120 @@ def test_image_placeholders_take_the_expansions_in_order(tokenizer):
 def test_malformed_conversations_name_the_record(tokenizer, turns, images, message):
     with pytest.raises(ValueError, match=message):
         tokenize_conversation(turns, tokenizer, image_expansions=["<image>"] * images, source="rec-7")
+
+
+# Golden label sequences (hand-written) of a 2-turn conversation with one image expanded into two positions.
+GOLDEN_TURNS = [
+    {"from": "human", "value": "<image>\nIs it broken?"},
+    {"from": "gpt", "value": "Yes. A crack."},
+]
+# (token, labelled by the "assistant" rule, labelled by the "release" rule)
+GOLDEN = [
+    ("<|im_start|>", False, True),
+    ("system", False, False),
+    ("Ċ", False, True),
+    ("You", False, False),
+    ("Ġare", False, False),
+    ("Ġa", False, False),
+    ("Ġhelpful", False, False),
+    ("Ġassistant", False, False),
+    (".", False, False),
+    ("<|im_end|>", False, True),
+    ("Ċ", False, True),
+    ("<|im_start|>", False, True),
+    ("user", False, False),
+    ("Ċ", False, True),
+    ("<image>", False, False),
+    ("<image>", False, False),
+    ("Ċ", False, True),
+    ("Is", False, False),
+    ("Ġit", False, False),
+    ("Ġbroken", False, False),
+    ("?", False, False),
+    ("<|im_end|>", False, True),
+    ("Ċ", False, True),
+    ("<|im_start|>", False, True),
+    ("assistant", False, True),
+    ("Ċ", False, True),
+    ("Yes", True, True),
+    (".", True, True),
+    ("ĠA", True, True),
+    ("Ġcrack", True, True),
+    (".", True, True),
+    ("<|im_end|>", True, True),
+    ("Ċ", False, True),
+]
+
+
+@pytest.mark.parametrize(("rule", "column"), [("assistant", 1), ("release", 2)])
+def test_golden_labels_of_both_rules(tokenizer, rule, column):
+    tokens = tokenize_conversation(
+        GOLDEN_TURNS, tokenizer, image_expansions=["<image><image>"], label_rule=rule
+    )
+    assert tokenizer.convert_ids_to_tokens(tokens.input_ids) == [row[0] for row in GOLDEN]
+    expected = [t if row[column] else IGNORE_INDEX for t, row in zip(tokens.input_ids, GOLDEN, strict=True)]
+    assert tokens.labels == expected
+
+
+def test_release_rule_never_labels_placeholders_even_structural_ids(tokenizer):
+    # an expansion holding newline / <|im_end|> ids: those positions are reserved, hence -100 in both rules
+    expansion = "<image>\n<|im_end|><image>"
+    for rule in ("assistant", "release"):
+        tokens = tokenize_conversation(GOLDEN_TURNS, tokenizer, image_expansions=[expansion], label_rule=rule)
+        start = tokens.text.index(expansion)
+        encoded = tokenizer(tokens.text, add_special_tokens=False, return_offsets_mapping=True)
+        inside = [
+            i
+            for i, (begin, _) in enumerate(encoded["offset_mapping"])
+            if start <= begin < start + len(expansion)
+        ]
+        assert len(inside) == 4
+        assert all(tokens.labels[i] == IGNORE_INDEX for i in inside)
+        assert sum(label != IGNORE_INDEX for label in tokens.labels) == (6 if rule == "assistant" else 19)
+
+
+def test_release_rule_with_a_system_turn_and_two_rounds(tokenizer):
+    turns = [{"from": "system", "value": "Inspect."}, *CONVERSATION]
+    release = tokenize_conversation(turns, tokenizer, label_rule="release")
+    assistant = tokenize_conversation(turns, tokenizer)
+    assert release.input_ids == assistant.input_ids
+    # every assistant label is a release label; the release adds headers, newlines and ChatML markers only
+    extra = [
+        tokenizer.convert_ids_to_tokens(t)
+        for t, a, r in zip(release.input_ids, assistant.labels, release.labels, strict=True)
+        if r != IGNORE_INDEX and a == IGNORE_INDEX
+    ]
+    assert all(a in (IGNORE_INDEX, r) for a, r in zip(assistant.labels, release.labels, strict=True))
+    # system: start, newline, end, newline; 2 users: same each; 2 assistants: start, "assistant", newline,
+    # trailing newline
+    assert sorted(extra) == sorted(
+        ["<|im_start|>", "Ċ", "<|im_end|>", "Ċ"] * 3 + ["<|im_start|>", "assistant", "Ċ", "Ċ"] * 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("turns", "message"),
+    [
+        ([{"from": "gpt", "value": "Hi."}], r"rec-3: roles do not alternate: turn 0 is 'gpt'"),
+        (
+            [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}],
+            r"rec-3: roles do not alternate: turn 1 is 'human' where 'gpt'",
+        ),
+        (
+            [{"from": "system", "value": "s"}, {"from": "gpt", "value": "b"}],
+            r"rec-3: roles do not alternate: turn 1 is 'gpt'",
+        ),
+        (
+            [*CONVERSATION[:2], {"from": "gpt", "value": "again"}],
+            r"rec-3: roles do not alternate: turn 2",
+        ),
+    ],
+)
+def test_roles_must_alternate(tokenizer, turns, message):
+    with pytest.raises(ValueError, match=message):
+        tokenize_conversation(turns, tokenizer, source="rec-3")
+
+
+def test_unknown_label_rule(tokenizer):
+    with pytest.raises(ValueError, match="label_rule='all'"):
+        tokenize_conversation(CONVERSATION, tokenizer, label_rule="all")
