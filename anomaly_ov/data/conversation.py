@@ -63,7 +63,18 @@ class TokenizedConversation:
     text: str
 
 
-def _check_turns(turns: Sequence[Mapping[str, str]], source: str) -> None:
+def check_turns(turns: Sequence[Mapping[str, str]], source: str) -> None:
+    """Checks that turns are well formed and alternate human, gpt, ... after an optional system turn.
+
+    Args:
+        turns: SPEC §5 turns.
+        source: Name of the record, for error messages.
+
+    Raises:
+        ValueError: Naming ``source`` and the turn: an empty conversation, a turn that is not a
+            ``{"from", "value": str}`` mapping, an unknown role, a late system turn, ``<image>`` outside a
+            human turn, or roles that do not alternate.
+    """
     if len(turns) == 0:
         raise ValueError(f"{source}: the conversation is empty.")
     for index, turn in enumerate(turns):
@@ -121,7 +132,7 @@ def tokenize_conversation(
     """
     if label_rule not in LABEL_RULES:
         raise ValueError(f"label_rule={label_rule!r}; expected one of {LABEL_RULES}.")
-    _check_turns(turns, source)
+    check_turns(turns, source)
     placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
     if placeholders != len(image_expansions):
         raise ValueError(

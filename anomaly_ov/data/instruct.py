@@ -22,7 +22,9 @@ from typing import Any, Protocol
 from PIL import Image
 from torch.utils.data import Dataset
 
-from anomaly_ov.data.images import RELEASE_MAX_IMAGE_SIDE
+from anomaly_ov.data.conversation import check_turns
+from anomaly_ov.data.images import RELEASE_MAX_IMAGE_SIDE, BadInputError, image_size, read_image
+from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 
 
 class RecordError(ValueError):
@@ -99,7 +101,43 @@ def validate_record(raw: object, source: str | Path, index: int) -> InstructReco
         RecordError: Naming ``source`` and ``index``: not an object, no/empty conversations, a malformed
             turn, roles that do not alternate, a bad ``image`` field, or placeholders != images.
     """
-    raise NotImplementedError
+    if not isinstance(raw, Mapping):
+        raise RecordError(source, index, f"is not a JSON object but {type(raw).__name__}.")
+    turns = raw.get("conversations")
+    if not isinstance(turns, list) or len(turns) == 0:
+        raise RecordError(source, index, "has no conversations (a non-empty list of turns is required).")
+    name = f"{source}: record {index}"
+    try:
+        check_turns(turns, name)
+    except ValueError as error:
+        raise RecordError(source, index, str(error).removeprefix(f"{name}: ")) from None
+    if turns[-1]["from"] != "gpt":
+        raise RecordError(source, index, "does not end with a gpt turn (the last question has no answer).")
+    image = raw.get("image")
+    if image is None:
+        images: tuple[str, ...] = ()
+    elif isinstance(image, str) and image:
+        images = (image,)
+    elif isinstance(image, list) and all(isinstance(path, str) and path for path in image):
+        images = tuple(image)
+    else:
+        raise RecordError(source, index, f"'image' must be a path or a list of paths, not {image!r}.")
+    placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
+    if placeholders != len(images):
+        raise RecordError(
+            source,
+            index,
+            f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s); "
+            f"the conversation needs one {IMAGE_PLACEHOLDER} per image.",
+        )
+    record_id = raw.get("id")
+    return InstructRecord(
+        source=str(source),
+        index=index,
+        id=str(record_id) if record_id is not None else f"{Path(source).name}:{index}",
+        images=images,
+        conversations=tuple({"from": turn["from"], "value": turn["value"]} for turn in turns),
+    )
 
 
 class EncodedLike(Protocol):
@@ -186,7 +224,42 @@ def plan_lengths(
     Raises:
         BadInputError: If an image is missing or unreadable (the message names the file and the record).
     """
-    raise NotImplementedError
+    reserved = frozenset(reserved_ids)
+    root = Path(image_root)
+    kept: list[InstructRecord] = []
+    lengths: list[int] = []
+    multimodal: list[bool] = []
+    dropped: list[SkippedRecord] = []
+    truncated: list[tuple[str, int, int]] = []
+    for record in records:
+        sizes = [_named(record, image_size, root / path, max_image_side) for path in record.images]
+        ids = length_fn(record, sizes)
+        total = len(ids)
+        if model_max_length is not None and total > model_max_length:
+            cut = [position for position in range(model_max_length, total) if ids[position] in reserved]
+            if cut:
+                dropped.append(
+                    SkippedRecord(
+                        record.source,
+                        record.index,
+                        f"{total} tokens > model_max_length={model_max_length} would cut {len(cut)} reserved "
+                        f"image position(s) (the last at {cut[-1]}).",
+                    )
+                )
+                continue
+            truncated.append((record.source, record.index, total - model_max_length))
+        kept.append(record)
+        lengths.append(total)
+        multimodal.append(len(record.images) > 0)
+    return LengthPlan(kept, lengths, multimodal, dropped, truncated)
+
+
+def _named(record: InstructRecord, reader: Callable[..., Any], path: Path, max_side: int | None) -> Any:
+    """Calls an image reader; its error names the record as well as the file."""
+    try:
+        return reader(path, max_side)
+    except BadInputError as error:
+        raise BadInputError(path, f"{error.reason} (an image of {record.name})") from None
 
 
 class InstructDataset(Dataset):
@@ -200,6 +273,10 @@ class InstructDataset(Dataset):
         max_image_side: Long-side limit of :func:`~anomaly_ov.data.images.read_image` (None: off).
         model_max_length: Longest sample in tokens (None: no limit). Longer samples are cut in text only
             (``InstructSample.truncated_tokens``); cutting a reserved position raises.
+
+    Truncation is reported per sample (``truncated_tokens``) rather than counted here: each DataLoader
+    worker holds its own copy of the dataset, so counters kept in it never reach the trainer. The run-level
+    count and list come from :func:`plan_lengths`, in the main process.
     """
 
     def __init__(
@@ -211,11 +288,18 @@ class InstructDataset(Dataset):
         max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
         model_max_length: int | None = None,
     ) -> None:
-        raise NotImplementedError
+        if model_max_length is not None and model_max_length < 1:
+            raise ValueError(f"model_max_length={model_max_length} must be positive or None.")
+        self.records = records
+        self.image_root = Path(image_root)
+        self.encode = encode
+        self.reserved_ids = frozenset(reserved_ids)
+        self.max_image_side = max_image_side
+        self.model_max_length = model_max_length
 
     def __len__(self) -> int:
         """Number of records."""
-        raise NotImplementedError
+        return len(self.records)
 
     def read_images(self, record: InstructRecord) -> list[Image.Image]:
         """Decodes a record's images through the one image reader.
@@ -223,7 +307,9 @@ class InstructDataset(Dataset):
         Raises:
             BadInputError: If an image is missing or unreadable (names the file and the record).
         """
-        raise NotImplementedError
+        return [
+            _named(record, read_image, self.image_root / path, self.max_image_side) for path in record.images
+        ]
 
     def __getitem__(self, index: int) -> InstructSample:
         """Reads and encodes record ``index``; truncates to ``model_max_length`` (flagged, never silent).
@@ -232,4 +318,24 @@ class InstructDataset(Dataset):
             BadInputError: An image is missing or unreadable.
             RecordError: The sample's reserved positions would be cut (run :func:`plan_lengths` first).
         """
-        raise NotImplementedError
+        record = self.records[index]
+        encoded = self.encode(
+            record.conversations,
+            self.read_images(record),
+            source=record.name,
+            image_names=[str(self.image_root / path) for path in record.images],
+        )
+        input_ids, labels = list(encoded.input_ids), list(encoded.labels)
+        limit = self.model_max_length
+        cut = 0
+        if limit is not None and len(input_ids) > limit:
+            if any(token in self.reserved_ids for token in input_ids[limit:]):
+                raise RecordError(
+                    record.source,
+                    record.index,
+                    f"{len(input_ids)} tokens > model_max_length={limit} would cut image positions; "
+                    "plan_lengths drops such records before training.",
+                )
+            cut = len(input_ids) - limit
+            input_ids, labels = input_ids[:limit], labels[:limit]
+        return InstructSample(input_ids, labels, encoded.images, record.source, record.index, cut)
