@@ -24,7 +24,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from anomaly_ov.models import AnomalyExpert
+from anomaly_ov.models import AnomalyExpert, ExpertConfig
 from anomaly_ov.models.builders import DTYPES
 
 
@@ -84,7 +84,9 @@ def measure(step: Callable[[], None], device: torch.device, steps: int) -> tuple
 
 def run(device: torch.device, dtype: torch.dtype, images: int, crops: int, steps: int) -> None:
     torch.manual_seed(0)
-    expert = AnomalyExpert(vision_dim=1152, expert_dim=512, grid=27).to(device=device, dtype=dtype)
+    expert = AnomalyExpert(ExpertConfig(vision_dim=1152, expert_dim=512, grid=27)).to(
+        device=device, dtype=dtype
+    )
     num_crops = images * crops
     final = torch.randn(num_crops, 729, 1152, device=device, dtype=dtype)
     levels = [torch.randn(num_crops, 729, 1152, device=device, dtype=dtype) for _ in range(4)]

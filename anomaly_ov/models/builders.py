@@ -1,20 +1,20 @@
 """Builders: the only code that maps flat config values to the vision towers and the anomaly expert.
 
 Hydra configs point ``_target_`` at these functions (``configs/model/vision/*.yaml``,
-``configs/model/expert/*.yaml``).
+``configs/model/expert/*.yaml``): one builder per vision backend, each taking only the keys its backend
+reads, and :func:`build_expert`, which turns the flat expert keys into an
+:class:`~anomaly_ov.models.expert.ExpertConfig`.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
 from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
-from anomaly_ov.models.vision import FrozenVisionTower, HFVisionTower, OpenCLIPVisionTower
+from anomaly_ov.models.vision import HFVisionTower, OpenCLIPVisionTower
 
-VisionBackend = Literal["siglip", "clip", "llava_onevision", "open_clip"]
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -56,61 +56,113 @@ def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[
     return model, 1 if strategy == "default" else 0
 
 
-def build_vision_tower(
-    backend: VisionBackend,
+def _load_hf_vision_model(
+    model_class: type, name_or_path: str, dtype: torch.dtype, what: str
+) -> torch.nn.Module:
+    """``model_class.from_pretrained`` quietly, refusing a partly random model."""
+    with quiet_transformers():
+        model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, dtype=dtype)
+    raise_on_incomplete_load(info, name_or_path, what)
+    return model
+
+
+def build_siglip_tower(
+    name_or_path: str, level_layers: Sequence[int], final_layer: int = -1, dtype: str = "float32"
+) -> HFVisionTower:
+    """Build a frozen SigLIP tower (``SiglipVisionModel``; also reads full SigLIP checkpoints).
+
+    Args:
+        name_or_path: HF hub id or local folder.
+        level_layers: Hidden-state indices of the level taps (0 = embeddings, i = block i, negative from
+            the end).
+        final_layer: Hidden-state index of the final tokens (-1 = last block, without post-layernorm).
+        dtype: "float32", "bfloat16" or "float16".
+
+    Returns:
+        The tower, frozen and in eval mode; all patch tokens, no prefix.
+
+    """
+    from transformers import SiglipVisionModel
+
+    model = _load_hf_vision_model(SiglipVisionModel, name_or_path, torch_dtype(dtype), "siglip vision")
+    return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=0)
+
+
+def build_clip_tower(
+    name_or_path: str, level_layers: Sequence[int], final_layer: int = -1, dtype: str = "float32"
+) -> HFVisionTower:
+    """Build a frozen CLIP tower (``CLIPVisionModel``); its class token is dropped.
+
+    Args:
+        name_or_path: HF hub id or local folder.
+        level_layers: Hidden-state indices of the level taps (see :func:`build_siglip_tower`).
+        final_layer: Hidden-state index of the final tokens (-1 = last block, without post-layernorm).
+        dtype: "float32", "bfloat16" or "float16".
+
+    Returns:
+        The tower, frozen and in eval mode; patch tokens only.
+
+    """
+    from transformers import CLIPVisionModel
+
+    model = _load_hf_vision_model(CLIPVisionModel, name_or_path, torch_dtype(dtype), "clip vision")
+    return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=1)
+
+
+def build_llava_onevision_tower(
+    name_or_path: str, level_layers: Sequence[int], final_layer: int = -1, dtype: str = "float32"
+) -> HFVisionTower:
+    """Build the frozen vision tower of a ``LlavaOnevisionForConditionalGeneration`` checkpoint, loaded
+    alone (the LLM weights are never materialised).
+
+    Args:
+        name_or_path: HF hub id or local folder of the LLaVA-OneVision checkpoint.
+        level_layers: Hidden-state indices of the level taps (see :func:`build_siglip_tower`).
+        final_layer: Hidden-state index of the final tokens (-1 = last block, without post-layernorm).
+        dtype: "float32", "bfloat16" or "float16".
+
+    Returns:
+        The tower, frozen and in eval mode, dropping the prefix tokens LLaVA-OneVision drops.
+
+    """
+    model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, torch_dtype(dtype))
+    return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=num_prefix_tokens)
+
+
+def build_open_clip_tower(
     name_or_path: str,
     level_layers: Sequence[int],
     final_layer: int = -1,
     pretrained: str | None = None,
     quick_gelu: bool = False,
     dtype: str = "float32",
-) -> FrozenVisionTower:
-    """Build a frozen vision tower that returns final and level tokens.
+) -> OpenCLIPVisionTower:
+    """Build a frozen open_clip ViT tower.
 
     Args:
-        backend: "siglip" (``SiglipVisionModel``; also reads full SigLIP checkpoints), "clip"
-            (``CLIPVisionModel``; its class token is dropped), "llava_onevision" (the vision tower of a
-            ``LlavaOnevisionForConditionalGeneration`` checkpoint, loaded alone) or "open_clip".
-        name_or_path: HF hub id or local folder; for open_clip an open_clip model name ("ViT-L-14-336") or
-            "local-dir:/folder" holding ``open_clip_config.json`` and weights.
-        level_layers: Hidden-state indices of the level taps (0 = embeddings, i = block i, negative from
-            the end).
-        final_layer: Hidden-state index of the final tokens (-1 = last block, without post-layernorm).
-        pretrained: open_clip only: weights tag or file for a built-in model name (ignored by "local-dir:").
-        quick_gelu: open_clip only: QuickGELU activations (OpenAI CLIP weights need it).
+        name_or_path: An open_clip model name ("ViT-L-14-336") or "local-dir:/folder" holding
+            ``open_clip_config.json`` and weights.
+        level_layers: Hidden-state indices of the level taps (see :func:`build_siglip_tower`).
+        final_layer: Hidden-state index of the final tokens (-1 = last block).
+        pretrained: Weights tag or file for a built-in model name (ignored by "local-dir:").
+        quick_gelu: QuickGELU activations (OpenAI CLIP weights need it).
         dtype: "float32", "bfloat16" or "float16".
 
     Returns:
-        An :class:`~anomaly_ov.models.vision.HFVisionTower` or
-        :class:`~anomaly_ov.models.vision.OpenCLIPVisionTower`, frozen and in eval mode.
+        The tower, frozen and in eval mode; patch tokens only.
 
     """
+    import open_clip
+
     weights_dtype = torch_dtype(dtype)
-    if backend in ("siglip", "clip"):
-        from transformers import CLIPVisionModel, SiglipVisionModel
-
-        model_class = SiglipVisionModel if backend == "siglip" else CLIPVisionModel
-        with quiet_transformers():
-            model, info = model_class.from_pretrained(
-                name_or_path, output_loading_info=True, dtype=weights_dtype
-            )
-        raise_on_incomplete_load(info, name_or_path, f"{backend} vision")
-        return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=int(backend == "clip"))
-    if backend == "llava_onevision":
-        model, num_prefix_tokens = _load_llava_onevision_tower(name_or_path, weights_dtype)
-        return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=num_prefix_tokens)
-    if backend == "open_clip":
-        import open_clip
-
-        model = open_clip.create_model(
-            name_or_path,
-            pretrained=pretrained,
-            force_quick_gelu=quick_gelu,
-            require_pretrained=True,
-            weights_only=True,
-        )
-        return OpenCLIPVisionTower(model.visual.to(weights_dtype), level_layers, final_layer)
-    raise ValueError(f"backend={backend!r} is not one of 'siglip', 'clip', 'llava_onevision', 'open_clip'.")
+    model = open_clip.create_model(
+        name_or_path,
+        pretrained=pretrained,
+        force_quick_gelu=quick_gelu,
+        require_pretrained=True,
+        weights_only=True,
+    )
+    return OpenCLIPVisionTower(model.visual.to(weights_dtype), level_layers, final_layer)
 
 
 def build_expert(
@@ -162,13 +214,13 @@ def build_expert(
     """
     if checkpoint is not None and official_checkpoint is not None:
         raise ValueError("Set at most one of checkpoint and official_checkpoint.")
-    expert = AnomalyExpert(
+    config = ExpertConfig(
         vision_dim=vision_dim,
         expert_dim=expert_dim,
         grid=grid,
         pool_grid=pool_grid,
         num_levels=num_levels,
-        levels=levels,
+        levels=None if levels is None else tuple(levels),
         attention_dim=attention_dim,
         score_hidden_dim=score_hidden_dim,
         temperature=temperature,
@@ -176,9 +228,10 @@ def build_expert(
         learned_prompts=learned_prompts,
         shared_prompt_map=shared_prompt_map,
         vt_attention=vt_attention,
-        severity_thresholds=severity_thresholds,
+        severity_thresholds=tuple(severity_thresholds),
         eps=eps,
     )
+    expert = AnomalyExpert(config)
     if checkpoint is not None:
         expert.load_weights(Path(checkpoint))
     if official_checkpoint is not None:

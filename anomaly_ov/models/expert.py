@@ -20,7 +20,7 @@ Per crop j:
 6. Global token ``r = sum_jq(w_jq t_jq) / sum_jq(w_jq)`` with ``w_jq = pool(M_j)_q * s_j`` over the crops
    of an image, and the score ``sigmoid(MLP(r))``.
 
-Ablation switches (constructor arguments, one config key each):
+Ablation switches (fields of :class:`ExpertConfig`, one config key each):
 
 * ``look_back=False``: no class context; the prompt maps read ``e`` only (identical to ``c = 0``).
 * ``learned_prompts=False``: no prompt vectors; the prompt maps read ``c`` only. With a shared map both
@@ -37,7 +37,6 @@ and pooling are batched over levels; the patch projection ``A_k`` is one GEMM pe
 which avoids copying the level inputs into one [K, N, T, D] tensor. The two-prompt softmax runs in float32.
 """
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,13 +44,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anomaly_ov.data.tokens import severity_word
-
-_CONFIG_METADATA_KEY = "anomaly_ov.expert_config"
-_TOWER_METADATA_KEY = "anomaly_ov.tower"
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,35 @@ class ExpertOutput:
 
 @dataclass(frozen=True)
 class ExpertConfig:
-    """Constructor values of an :class:`AnomalyExpert`, stored in its safetensors checkpoints."""
+    """The structure of an :class:`AnomalyExpert`: its constructor value, the builder's product and the
+    configuration stored in its safetensors checkpoints (:mod:`anomaly_ov.models.expert_io`).
+
+    Defaults are resolved and values checked on construction: ``levels`` becomes a tuple (default: all
+    levels), ``attention_dim`` and ``score_hidden_dim`` default to ``expert_dim``, lists become tuples, so
+    two configs of the same structure compare equal.
+
+    Attributes:
+        vision_dim: Vision width D (1152 for SigLIP-so400m).
+        expert_dim: Expert width E of prompts and patch embeddings (512 released).
+        grid: Side of the token grid; inputs have ``grid * grid`` tokens (27 released).
+        pool_grid: Side of the VT selector's pooling grid (2 released: 4 local tokens per crop).
+        num_levels: Number of level-token tensors the caller passes (4 released).
+        levels: Indices into the level inputs that the expert uses (default: all), e.g. ``(0, 2)``.
+        attention_dim: Width of ``Wq``/``Wk`` (default: ``expert_dim``; 512 released).
+        score_hidden_dim: Hidden width of the score MLP (default: ``expert_dim``; 512 released).
+        temperature: Matching temperature (0.01 released: logits = 100 * cosine).
+        look_back: Use the visual-aware class context from the whole-image crop.
+        learned_prompts: Use the learned prompt vectors e_normal, e_abnormal.
+        shared_prompt_map: One prompt map per level for both prompts (released) instead of two.
+        vt_attention: Use the VT selector's attention (else local tokens = pooled tokens).
+        severity_thresholds: Score thresholds of :func:`severity_word` (see
+            :meth:`AnomalyExpert.severity_words`).
+        eps: Floor of the denominators (pooled map, sum of global weights).
+
+    Raises:
+        ValueError: On a value out of range or a contradictory combination of switches, naming it.
+
+    """
 
     vision_dim: int
     expert_dim: int
@@ -98,109 +121,103 @@ class ExpertConfig:
     severity_thresholds: tuple[float, float] = (0.3, 0.7)
     eps: float = 1e-6
 
+    def __post_init__(self) -> None:
+        # Frozen: resolved values are written with object.__setattr__, once, here.
+        def resolve(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        levels = self.levels
+        resolve("levels", tuple(range(self.num_levels)) if levels is None else tuple(int(k) for k in levels))
+        resolve("attention_dim", self.expert_dim if self.attention_dim is None else int(self.attention_dim))
+        resolve(
+            "score_hidden_dim",
+            self.expert_dim if self.score_hidden_dim is None else int(self.score_hidden_dim),
+        )
+        resolve("temperature", float(self.temperature))
+        resolve("severity_thresholds", tuple(float(t) for t in self.severity_thresholds))
+        resolve("eps", float(self.eps))
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("vision_dim", "expert_dim", "grid", "attention_dim", "score_hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive.")
+        if not 1 <= self.pool_grid <= self.grid:
+            raise ValueError(f"pool_grid={self.pool_grid} must be between 1 and grid={self.grid}.")
+        levels = self.levels
+        if (
+            len(levels) == 0
+            or len(set(levels)) != len(levels)
+            or not all(0 <= k < self.num_levels for k in levels)
+        ):
+            raise ValueError(
+                f"levels={list(levels)} must be distinct indices in 0..{self.num_levels - 1} "
+                f"(num_levels={self.num_levels})."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be positive.")
+        if not (self.look_back or self.learned_prompts):
+            raise ValueError("look_back=False and learned_prompts=False leave the prompts with no input.")
+        if not self.learned_prompts and self.shared_prompt_map:
+            raise ValueError(
+                "learned_prompts=False with shared_prompt_map=True makes the normal and abnormal prompts "
+                "identical (both are P_k(c)); use shared_prompt_map=False."
+            )
+        thresholds = self.severity_thresholds
+        if len(thresholds) != 2 or thresholds[0] > thresholds[1]:
+            raise ValueError(f"severity_thresholds={list(thresholds)} must be two increasing numbers.")
+
 
 class AnomalyExpert(nn.Module):
     """Look-Twice Feature Matching + VT selector + score head (SPEC §2), batched over all crops and images.
 
     Args:
-        vision_dim: Vision width D (1152 for SigLIP-so400m).
-        expert_dim: Expert width E of prompts and patch embeddings (512 released).
-        grid: Side of the token grid; inputs have ``grid * grid`` tokens (27 released).
-        pool_grid: Side of the VT selector's pooling grid (2 released: 4 local tokens per crop).
-        num_levels: Number of level-token tensors the caller passes (4 released).
-        levels: Indices into the level inputs that the expert uses (default: all), e.g. ``(0, 2)``.
-        attention_dim: Width of ``Wq``/``Wk`` (default: ``expert_dim``; 512 released).
-        score_hidden_dim: Hidden width of the score MLP (default: ``expert_dim``; 512 released).
-        temperature: Matching temperature (0.01 released: logits = 100 * cosine).
-        look_back: Use the visual-aware class context from the whole-image crop.
-        learned_prompts: Use the learned prompt vectors e_normal, e_abnormal.
-        shared_prompt_map: One prompt map per level for both prompts (released) instead of two.
-        vt_attention: Use the VT selector's attention (else local tokens = pooled tokens).
-        severity_thresholds: Score thresholds of :func:`severity_word` (see :meth:`severity_words`).
-        eps: Floor of the denominators (pooled map, sum of global weights).
+        config: The expert's structure and switches (see :class:`ExpertConfig`).
 
-    Checkpoints: :meth:`save` / :meth:`from_checkpoint` (safetensors with the constructor values and the
-    :attr:`tower_record` in the metadata, exact round trip), :meth:`load_weights` (into an existing
-    expert), :meth:`load_official` (the released ``pretrained_expert_*.pth`` pickles).
+    Checkpoints live in :mod:`anomaly_ov.models.expert_io`; the methods :meth:`save` /
+    :meth:`from_checkpoint` (safetensors with the config and the :attr:`tower_record` in the metadata, exact
+    round trip), :meth:`load_weights` (into an existing expert), :meth:`load_official` and
+    :meth:`load_official_weights` (the released ``pretrained_expert_*.pth`` pickles) delegate to it.
 
     """
 
-    def __init__(
-        self,
-        vision_dim: int,
-        expert_dim: int,
-        grid: int,
-        pool_grid: int = 2,
-        num_levels: int = 4,
-        levels: Sequence[int] | None = None,
-        attention_dim: int | None = None,
-        score_hidden_dim: int | None = None,
-        temperature: float = 0.01,
-        look_back: bool = True,
-        learned_prompts: bool = True,
-        shared_prompt_map: bool = True,
-        vt_attention: bool = True,
-        severity_thresholds: Sequence[float] = (0.3, 0.7),
-        eps: float = 1e-6,
-    ) -> None:
+    def __init__(self, config: ExpertConfig) -> None:
         super().__init__()
-        levels = tuple(range(num_levels)) if levels is None else tuple(int(k) for k in levels)
-        self._validate_arguments(
-            vision_dim=vision_dim,
-            expert_dim=expert_dim,
-            grid=grid,
-            pool_grid=pool_grid,
-            num_levels=num_levels,
-            levels=levels,
-            temperature=temperature,
-            look_back=look_back,
-            learned_prompts=learned_prompts,
-            shared_prompt_map=shared_prompt_map,
-            severity_thresholds=severity_thresholds,
-        )
-        self.config = ExpertConfig(
-            vision_dim=vision_dim,
-            expert_dim=expert_dim,
-            grid=grid,
-            pool_grid=pool_grid,
-            num_levels=num_levels,
-            levels=levels,
-            attention_dim=expert_dim if attention_dim is None else attention_dim,
-            score_hidden_dim=expert_dim if score_hidden_dim is None else score_hidden_dim,
-            temperature=float(temperature),
-            look_back=look_back,
-            learned_prompts=learned_prompts,
-            shared_prompt_map=shared_prompt_map,
-            vt_attention=vt_attention,
-            severity_thresholds=(float(severity_thresholds[0]), float(severity_thresholds[1])),
-            eps=float(eps),
+        if not isinstance(config, ExpertConfig):
+            raise TypeError(f"AnomalyExpert takes an ExpertConfig, got {type(config).__name__}.")
+        self.config = config
+        expert_dim, vision_dim, grid, pool_grid = (
+            config.expert_dim,
+            config.vision_dim,
+            config.grid,
+            config.pool_grid,
         )
         self.vision_dim = vision_dim
         self.expert_dim = expert_dim
         self.grid = grid
         self.num_tokens = grid * grid
         self.pool_grid = pool_grid
-        self.num_levels = num_levels
-        self.levels = levels
-        self.temperature = float(temperature)
-        self.severity_thresholds = self.config.severity_thresholds
-        self.eps = float(eps)
+        self.num_levels = config.num_levels
+        self.levels = config.levels
+        self.temperature = config.temperature
+        self.severity_thresholds = config.severity_thresholds
+        self.eps = config.eps
         # The vision tower whose features the weights were trained on (FrozenVisionTower.record), kept with
         # the checkpoint so that a model with another tower can refuse them (SPEC §4); None if unknown.
         self.tower_record: dict[str, object] | None = None
 
-        if learned_prompts:
+        if config.learned_prompts:
             # Index 0 is the normal prompt, index 1 the abnormal one (the anomaly channel of the softmax).
             self.prompt_normal = nn.Parameter(torch.randn(expert_dim) * 0.02)
             self.prompt_abnormal = nn.Parameter(torch.randn(expert_dim) * 0.02)
-        if look_back:
+        if config.look_back:
             self.lookback_pool = nn.Linear(self.num_tokens, 1)
             self.class_context = nn.Sequential(
                 nn.Linear(vision_dim, expert_dim), nn.GELU(), nn.Linear(expert_dim, expert_dim)
             )
-        prompt_in = expert_dim * (int(learned_prompts) + int(look_back))
-        num_used = len(levels)
-        if shared_prompt_map:
+        prompt_in = expert_dim * (int(config.learned_prompts) + int(config.look_back))
+        num_used = len(config.levels)
+        if config.shared_prompt_map:
             self.prompt_adapters = nn.ModuleList(nn.Linear(prompt_in, expert_dim) for _ in range(num_used))
         else:
             self.prompt_adapters_normal = nn.ModuleList(
@@ -210,10 +227,10 @@ class AnomalyExpert(nn.Module):
                 nn.Linear(prompt_in, expert_dim) for _ in range(num_used)
             )
         self.patch_adapters = nn.ModuleList(nn.Linear(vision_dim, expert_dim) for _ in range(num_used))
-        if vt_attention:
-            self.query_proj = nn.Linear(vision_dim, self.config.attention_dim)
-            self.key_proj = nn.Linear(vision_dim, self.config.attention_dim)
-        hidden = self.config.score_hidden_dim
+        if config.vt_attention:
+            self.query_proj = nn.Linear(vision_dim, config.attention_dim)
+            self.key_proj = nn.Linear(vision_dim, config.attention_dim)
+        hidden = config.score_hidden_dim
         self.score_head = nn.Sequential(nn.Linear(vision_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         # Adaptive average pooling (PyTorch ``adaptive_avg_pool2d``; for 27 -> 2 the cells overlap on the
         # middle row and column) written as a [P, T] matrix: row p averages the tokens of cell p. Derived from
@@ -223,48 +240,6 @@ class AnomalyExpert(nn.Module):
             self.num_tokens, pool_grid * pool_grid
         )
         self.register_buffer("pool_matrix", cells.T.contiguous(), persistent=False)
-
-    @staticmethod
-    def _validate_arguments(
-        vision_dim: int,
-        expert_dim: int,
-        grid: int,
-        pool_grid: int,
-        num_levels: int,
-        levels: tuple[int, ...],
-        temperature: float,
-        look_back: bool,
-        learned_prompts: bool,
-        shared_prompt_map: bool,
-        severity_thresholds: Sequence[float],
-    ) -> None:
-        for name, value in (("vision_dim", vision_dim), ("expert_dim", expert_dim), ("grid", grid)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be positive.")
-        if not 1 <= pool_grid <= grid:
-            raise ValueError(f"pool_grid={pool_grid} must be between 1 and grid={grid}.")
-        if (
-            len(levels) == 0
-            or len(set(levels)) != len(levels)
-            or not all(0 <= k < num_levels for k in levels)
-        ):
-            raise ValueError(
-                f"levels={list(levels)} must be distinct indices in 0..{num_levels - 1} "
-                f"(num_levels={num_levels})."
-            )
-        if temperature <= 0:
-            raise ValueError(f"temperature={temperature} must be positive.")
-        if not (look_back or learned_prompts):
-            raise ValueError("look_back=False and learned_prompts=False leave the prompts with no input.")
-        if not learned_prompts and shared_prompt_map:
-            raise ValueError(
-                "learned_prompts=False with shared_prompt_map=True makes the normal and abnormal prompts "
-                "identical (both are P_k(c)); use shared_prompt_map=False."
-            )
-        if len(severity_thresholds) != 2 or severity_thresholds[0] > severity_thresholds[1]:
-            raise ValueError(
-                f"severity_thresholds={list(severity_thresholds)} must be two increasing numbers."
-            )
 
     # ------------------------------------------------------------------ forward
 
@@ -446,73 +421,26 @@ class AnomalyExpert(nn.Module):
         """
         return [severity_word(float(s), self.severity_thresholds) for s in scores.detach().float().cpu()]
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (in expert_io)
 
     def save(self, path: str | Path) -> None:
-        """Write the weights and constructor values to a safetensors file (see :meth:`from_checkpoint`).
+        """Write weights, config and tower record to a safetensors file (:func:`expert_io.save_expert`)."""
+        from anomaly_ov.models import expert_io
 
-        The :attr:`tower_record` (the vision tower the expert was trained on), when set, goes with them.
-        """
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.config).items()}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        metadata = {_CONFIG_METADATA_KEY: json.dumps(config)}
-        if self.tower_record is not None:
-            metadata[_TOWER_METADATA_KEY] = json.dumps(self.tower_record)
-        save_file(state, str(path), metadata=metadata)
+        expert_io.save_expert(self, path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | None = None) -> "AnomalyExpert":
-        """Build an expert from a safetensors file written by :meth:`save`.
+        """Build an expert from a file written by :meth:`save` (:func:`expert_io.load_expert`)."""
+        from anomaly_ov.models import expert_io
 
-        Args:
-            path: The ``.safetensors`` file.
-            dtype: Cast the weights to this dtype (default: as stored).
-
-        Raises:
-            ValueError: If the file carries no expert configuration.
-
-        """
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if _CONFIG_METADATA_KEY not in metadata:
-            raise ValueError(
-                f"{path}: no '{_CONFIG_METADATA_KEY}' metadata; not an expert checkpoint written by "
-                "AnomalyExpert.save (for the released .pth files use AnomalyExpert.load_official)."
-            )
-        expert = cls(**json.loads(metadata[_CONFIG_METADATA_KEY]))
-        expert.load_weights(path)
-        return expert if dtype is None else expert.to(dtype)
+        return expert_io.load_expert(path, dtype=dtype)
 
     def load_weights(self, path: str | Path) -> None:
-        """Load a safetensors file written by :meth:`save` into this expert (every key must fit).
+        """Load a file written by :meth:`save` into this expert (:func:`expert_io.load_expert_weights`)."""
+        from anomaly_ov.models import expert_io
 
-        Also takes the file's :attr:`tower_record`, if it has one.
-        """
-        from safetensors import safe_open
-
-        state = load_file(str(path))
-        self._load_exactly(state, str(path))
-        with safe_open(str(path), framework="pt") as handle:
-            record = (handle.metadata() or {}).get(_TOWER_METADATA_KEY)
-        self.tower_record = None if record is None else json.loads(record)
-
-    def _load_exactly(self, state: dict[str, torch.Tensor], source: str) -> None:
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{k}: file {tuple(state[k].shape)} vs expert {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if state[k].shape != own[k].shape
-        ]
-        if missing or unexpected or mismatched:
-            raise ValueError(
-                f"{source} does not fit this expert ({self.config}): missing keys {missing}, unexpected keys "
-                f"{unexpected}, shape mismatches {mismatched}."
-            )
-        self.load_state_dict(state, strict=True)
+        expert_io.load_expert_weights(self, path)
 
     @classmethod
     def load_official(
@@ -525,26 +453,11 @@ class AnomalyExpert(nn.Module):
         temperature: float = 0.01,
         severity_thresholds: Sequence[float] = (0.3, 0.7),
     ) -> "AnomalyExpert":
-        """Load a released expert (``pretrained_expert_05b.pth`` / ``pretrained_expert_7b.pth``).
+        """Load a released ``pretrained_expert_*.pth`` (:func:`expert_io.load_official_expert`)."""
+        from anomaly_ov.models import expert_io
 
-        The file is a plain PyTorch state dict in SPEC §2's key layout, read with ``weights_only=True`` so no
-        code in it is executed. Defaults are the released sizes; the structure is the released one (look-back,
-        learned prompts, one shared prompt map per level, VT-selector attention, 2x2 pooling).
-
-        Args:
-            path: The ``.pth`` file.
-            vision_dim: D (1152 released).
-            expert_dim: E (512 released).
-            grid: Token grid side (27 released).
-            num_levels: Levels (4 released).
-            temperature: Matching temperature (0.01 released).
-            severity_thresholds: Thresholds of :meth:`severity_words`.
-
-        Raises:
-            ValueError: If keys are missing or unexpected or shapes do not fit, naming each.
-
-        """
-        expert = cls(
+        return expert_io.load_official_expert(
+            path,
             vision_dim=vision_dim,
             expert_dim=expert_dim,
             grid=grid,
@@ -552,83 +465,9 @@ class AnomalyExpert(nn.Module):
             temperature=temperature,
             severity_thresholds=severity_thresholds,
         )
-        expert.load_official_weights(path)
-        return expert
 
     def load_official_weights(self, path: str | Path) -> None:
-        """Load a released ``.pth`` state dict (SPEC §2 keys) into this expert, which must have the released
-        structure; the pickle is read with ``weights_only=True``.
+        """Load a released ``.pth`` into this expert (:func:`expert_io.load_official_weights`)."""
+        from anomaly_ov.models import expert_io
 
-        Raises:
-            ValueError: If keys are missing or unexpected or shapes do not fit, naming each.
-
-        """
-        official = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(official, dict):
-            raise ValueError(
-                f"{path}: expected a state dict (a dict of tensors), found {type(official).__name__}."
-            )
-        self.load_state_dict(official_to_expert_state(official, self, source=str(path)), strict=True)
-
-
-def official_key_map(num_levels: int) -> dict[str, str]:
-    """Released key -> :class:`AnomalyExpert` key for the released structure with ``num_levels`` levels."""
-    mapping = {
-        "positive_embedding": "prompt_normal",
-        "negative_embedding": "prompt_abnormal",
-        "pooling_layer.0.weight": "lookback_pool.weight",
-        "pooling_layer.0.bias": "lookback_pool.bias",
-    }
-    for index in (0, 2):
-        for kind in ("weight", "bias"):
-            mapping[f"class_predictor.{index}.{kind}"] = f"class_context.{index}.{kind}"
-            mapping[f"final_predictor.{index}.{kind}"] = f"score_head.{index}.{kind}"
-    for k in range(num_levels):
-        for kind in ("weight", "bias"):
-            mapping[f"siglip_adaptors.{k}.{kind}"] = f"patch_adapters.{k}.{kind}"
-            mapping[f"prompt_adaptors.{k}.{kind}"] = f"prompt_adapters.{k}.{kind}"
-    for kind in ("weight", "bias"):
-        mapping[f"q_former.query_proj.{kind}"] = f"query_proj.{kind}"
-        mapping[f"q_former.key_proj.{kind}"] = f"key_proj.{kind}"
-    return mapping
-
-
-def official_to_expert_state(
-    official: dict[str, torch.Tensor], expert: AnomalyExpert, source: str = "state dict"
-) -> dict[str, torch.Tensor]:
-    """Map a released state dict to ``expert``'s keys, checking every key and shape.
-
-    Args:
-        official: Released state dict (SPEC §2 keys).
-        expert: An expert with the released structure, whose shapes the file must have.
-        source: Name of the file, for error messages.
-
-    Raises:
-        ValueError: Naming the missing and unexpected keys and the shape mismatches.
-
-    """
-    mapping = official_key_map(expert.num_levels)
-    own = expert.state_dict()
-    if set(mapping.values()) != set(own):
-        raise ValueError(
-            f"expert {expert.config} does not have the released structure; cannot load {source}."
-        )
-    # The released prompt vectors carry a leading axis of 1.
-    expected = {
-        key: (1, *own[ours].shape) if key.endswith("_embedding") else tuple(own[ours].shape)
-        for key, ours in mapping.items()
-    }
-    missing = [f"{k} {expected[k]}" for k in mapping if k not in official]
-    unexpected = [f"{k} {tuple(v.shape)}" for k, v in official.items() if k not in mapping]
-    mismatched = [
-        f"{k}: file {tuple(official[k].shape)} vs expected {expected[k]}"
-        for k in mapping
-        if k in official and tuple(official[k].shape) != expected[k]
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{source} does not fit the released expert layout (D={expert.vision_dim}, "
-            f"E={expert.expert_dim}, T={expert.num_tokens}, {expert.num_levels} levels): missing keys "
-            f"{missing}; unexpected keys {unexpected}; shape mismatches {mismatched}."
-        )
-    return {ours: official[key].reshape(own[ours].shape).to(own[ours].dtype) for key, ours in mapping.items()}
+        expert_io.load_official_weights(self, path)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anomaly_ov.models import AnomalyExpert
+from anomaly_ov.models import AnomalyExpert, ExpertConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -17,7 +17,7 @@ def cuda() -> torch.device:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_expert_at_released_shapes_agrees_with_fp32_on_cuda(cuda: torch.device, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    expert = AnomalyExpert(vision_dim=1152, expert_dim=512, grid=27).to(cuda)
+    expert = AnomalyExpert(ExpertConfig(vision_dim=1152, expert_dim=512, grid=27)).to(cuda)
     final = torch.randn(10, 729, 1152, device=cuda)
     levels = [torch.randn(10, 729, 1152, device=cuda) for _ in range(4)]
     reference = expert(final, levels, [5, 5])
@@ -28,7 +28,7 @@ def test_expert_at_released_shapes_agrees_with_fp32_on_cuda(cuda: torch.device, 
 
 def test_expert_cpu_and_cuda_agree(cuda: torch.device) -> None:
     torch.manual_seed(0)
-    expert = AnomalyExpert(vision_dim=64, expert_dim=32, grid=8)
+    expert = AnomalyExpert(ExpertConfig(vision_dim=64, expert_dim=32, grid=8))
     final = torch.randn(6, 64, 64)
     levels = [torch.randn(6, 64, 64) for _ in range(4)]
     on_cpu = expert(final, levels, [1, 5])

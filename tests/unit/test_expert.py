@@ -1,15 +1,18 @@
 """The anomaly expert against SPEC §2: a plain-loop second implementation, hand-computed cases, ablations."""
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from anomaly_ov.models import AnomalyExpert, ExpertOutput, build_expert, severity_word
+from anomaly_ov.data.tokens import severity_word
+from anomaly_ov.models import AnomalyExpert, ExpertConfig, ExpertOutput, build_expert
 
 TINY = {"vision_dim": 64, "expert_dim": 32, "grid": 8}
 
@@ -142,7 +145,7 @@ def random_tokens(
 
 def tiny_expert(seed: int = 0, **overrides: object) -> AnomalyExpert:
     torch.manual_seed(seed)
-    return AnomalyExpert(**{**TINY, **overrides})
+    return AnomalyExpert(ExpertConfig(**{**TINY, **overrides}))
 
 
 def assert_matches_reference(out: ExpertOutput, ref: dict[str, torch.Tensor], atol: float) -> None:
@@ -182,7 +185,7 @@ def test_tiny_configs_match_reference(
     official = random_official_state(dim=64, width=32, tokens=64, num_levels=4, seed=pool)
     path = tmp_path / "expert.pth"
     torch.save(official, path)
-    expert = AnomalyExpert(**TINY, pool_grid=pool, temperature=temperature)
+    expert = AnomalyExpert(ExpertConfig(**TINY, pool_grid=pool, temperature=temperature))
     expert.load_official_weights(path)
     final, levels = random_tokens(sum(crops), 64, 64, seed=pool)
     out = expert(final, levels, crops)
@@ -231,7 +234,9 @@ def uniform_map_expert(vt_attention: bool) -> AnomalyExpert:
     [1, 0], so every level map is softmax([0, 1])[1] = sigmoid(1) everywhere; the score head computes
     sigmoid(sum(r)) (GELU(x + 30) = x + 30 in float32 for the values used)."""
     expert = AnomalyExpert(
-        vision_dim=4, expert_dim=2, grid=4, score_hidden_dim=4, temperature=1.0, vt_attention=vt_attention
+        ExpertConfig(
+            vision_dim=4, expert_dim=2, grid=4, score_hidden_dim=4, temperature=1.0, vt_attention=vt_attention
+        )
     )
     with torch.no_grad():
         for parameter in expert.parameters():
@@ -617,7 +622,9 @@ def test_builder_loads_both_checkpoint_kinds(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["anomaly_ov", "tiny"])
 def test_expert_configs_instantiate(project_root: Path, name: str) -> None:
-    config = OmegaConf.load(project_root / "configs" / "model" / "expert" / f"{name}.yaml")
+    # Composed as Hydra composes the group option (tiny.yaml overrides the released anomaly_ov.yaml).
+    with initialize_config_dir(str(project_root / "configs" / "model" / "expert"), version_base=None):
+        config = compose(name)
     expert = instantiate(config)
     assert isinstance(expert, AnomalyExpert)
     assert expert.config.look_back and expert.config.learned_prompts and expert.config.shared_prompt_map
@@ -625,8 +632,27 @@ def test_expert_configs_instantiate(project_root: Path, name: str) -> None:
     assert (expert.grid, expert.vision_dim) == (grid, dim)
     if name == "anomaly_ov":
         # The released structure: every released key has a place.
-        from anomaly_ov.models.expert import official_key_map
+        from anomaly_ov.models.expert_io import official_key_map
 
         assert set(official_key_map(4).values()) == set(expert.state_dict())
     else:
         assert count_trainable(expert) == 26178
+
+
+def test_one_config_for_builder_module_and_checkpoint(tmp_path: Path) -> None:
+    built = build_expert(**TINY, levels=[0, 2], pool_grid=1, severity_thresholds=[0.2, 0.8])
+    expected = ExpertConfig(**TINY, levels=(0, 2), pool_grid=1, severity_thresholds=(0.2, 0.8))
+    assert built.config == expected
+    assert (expected.attention_dim, expected.score_hidden_dim) == (32, 32)  # defaults resolved to E
+    path = tmp_path / "expert.safetensors"
+    built.save(path)
+    from safetensors import safe_open
+
+    from anomaly_ov.models.expert_io import CONFIG_METADATA_KEY
+
+    with safe_open(str(path), framework="pt") as handle:
+        stored = json.loads(handle.metadata()[CONFIG_METADATA_KEY])
+    assert stored == json.loads(json.dumps(dataclasses.asdict(expected)))
+    assert ExpertConfig(**stored) == expected
+    with pytest.raises(TypeError, match="takes an ExpertConfig"):
+        AnomalyExpert(TINY)  # a plain dict of values is not a config

@@ -12,12 +12,15 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from anomaly_ov.data.crops import anyres_crops
 from anomaly_ov.models import (
     AnomalyExpert,
+    ExpertConfig,
     HFVisionTower,
     OpenCLIPVisionTower,
-    anyres_crops,
-    build_vision_tower,
+    build_llava_onevision_tower,
+    build_siglip_tower,
+    builders,
 )
 
 SIZES = {
@@ -159,10 +162,8 @@ def test_bad_tower_arguments_are_named() -> None:
         ValueError, match=r"pixel_values has shape \(2, 3, 32, 32\); expected \[N, 3, 64, 64\]"
     ):
         HFVisionTower(model, LEVELS)(torch.randn(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="backend='timm' is not one of"):
-        build_vision_tower("timm", "x", LEVELS)
     with pytest.raises(ValueError, match="dtype='float64' is not one of"):
-        build_vision_tower("siglip", "x", LEVELS, dtype="float64")
+        build_siglip_tower("x", LEVELS, dtype="float64")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_tiny_zoo_towers_give_documented_shapes(project_root: Path, tiny_zoo, na
 def test_llava_onevision_tower_is_the_checkpoint_tower(tiny_zoo) -> None:
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    tower = build_vision_tower("llava_onevision", str(tiny_zoo.llava_ov), LEVELS)
+    tower = build_llava_onevision_tower(str(tiny_zoo.llava_ov), LEVELS)
     full = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_zoo.llava_ov).eval()
     reference_state = full.model.vision_tower.state_dict()
     state = tower.backbone.state_dict()
@@ -218,26 +219,39 @@ def test_builder_refuses_a_partly_missing_checkpoint(tmp_path: Path, tiny_zoo) -
     dropped = sorted(k for k in state if "layers.3." in k)
     save_file({k: v for k, v in state.items() if k not in dropped}, weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"weights are incomplete \(missing keys .*layers\.3\."):
-        build_vision_tower("siglip", str(folder), LEVELS)
+        build_siglip_tower(str(folder), LEVELS)
 
 
 def test_builder_dtype(tiny_zoo) -> None:
-    tower = build_vision_tower("siglip", str(tiny_zoo.siglip), LEVELS, dtype="bfloat16")
+    tower = build_siglip_tower(str(tiny_zoo.siglip), LEVELS, dtype="bfloat16")
     assert tower.dtype == torch.bfloat16
     assert tower(torch.randn(1, 3, 64, 64)).final.dtype == torch.bfloat16
 
 
-def test_all_vision_configs_bind_to_the_builder(project_root: Path) -> None:
+# Each vision config and the builder of its backend: one builder per backend, no backend key.
+VISION_BUILDERS = {
+    "siglip_so400m": "build_siglip_tower",
+    "tiny_siglip": "build_siglip_tower",
+    "tiny_clip": "build_clip_tower",
+    "llava_ov_05b": "build_llava_onevision_tower",
+    "llava_ov_7b": "build_llava_onevision_tower",
+    "tiny_llava_ov": "build_llava_onevision_tower",
+    "open_clip_vit_l14_336": "build_open_clip_tower",
+    "tiny_open_clip": "build_open_clip_tower",
+}
+
+
+def test_all_vision_configs_bind_to_their_backend_builder(project_root: Path) -> None:
     folder = project_root / "configs" / "model" / "vision"
     names = sorted(path.stem for path in folder.glob("*.yaml"))
-    assert names == sorted(
-        ["siglip_so400m", "llava_ov_05b", "llava_ov_7b", "open_clip_vit_l14_336", *TINY_CONFIGS]
-    )
-    signature = inspect.signature(build_vision_tower)
+    assert names == sorted(VISION_BUILDERS)
     for name in names:
         config = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"))
-        assert config.pop("_target_") == "anomaly_ov.models.builders.build_vision_tower", name
-        signature.bind(**config)
+        builder = VISION_BUILDERS[name]
+        assert config.pop("_target_") == f"anomaly_ov.models.builders.{builder}", name
+        parameters = inspect.signature(getattr(builders, builder)).parameters
+        # Every key is one the builder reads, and the config sets them all: no ignored or defaulted keys.
+        assert set(config) == set(parameters), name
         if name in ("llava_ov_05b", "llava_ov_7b", "siglip_so400m"):
             assert config["level_layers"] == [7, 13, 19, 25], name
 
@@ -290,10 +304,10 @@ def test_anyres_crops_through_the_zoo_tower_and_expert(tiny_zoo) -> None:
     crops = anyres_crops(
         processor, [random_image(100, 150, 0), random_image(80, 60, 2), random_image(64, 64, 3)]
     )
-    tower = build_vision_tower("llava_onevision", str(tiny_zoo.llava_ov), LEVELS)
+    tower = build_llava_onevision_tower(str(tiny_zoo.llava_ov), LEVELS)
     features = tower(crops.pixel_values)
     torch.manual_seed(0)
-    expert = AnomalyExpert(vision_dim=tower.hidden_size, expert_dim=32, grid=tower.grid)
+    expert = AnomalyExpert(ExpertConfig(vision_dim=tower.hidden_size, expert_dim=32, grid=tower.grid))
     out = expert(features.final, features.levels, crops.crops_per_image)
     assert out.scores.shape == (3,) and out.maps.shape == (sum(crops.crops_per_image), 8, 8)
 
@@ -314,7 +328,7 @@ def test_siglip_backend_reads_a_full_siglip_checkpoint(tmp_path: Path) -> None:
     )
     full = SiglipModel(config).eval()
     full.save_pretrained(tmp_path / "siglip_full")
-    tower = build_vision_tower("siglip", str(tmp_path / "siglip_full"), LEVELS)
+    tower = build_siglip_tower(str(tmp_path / "siglip_full"), LEVELS)
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         hidden = full.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
