@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from anomaly_ov.eval.metrics import aupro, aupro_200_thresholds, pixel_metrics, upsample_maps
+from anomaly_ov.eval.aupro import aupro, aupro_200_thresholds
+from anomaly_ov.eval.metrics import pixel_metrics, upsample_maps
 
 
 def make_class(num_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
