@@ -4,7 +4,7 @@ Samples are shuffled (seeded), cut into megabatches of ``world_size * batch_size
 sorted by length (longest first) and split into ``world_size`` per-rank batches of similar total length, so
 padding is small and ranks finish together. With ``group_by_modality`` multimodal and text-only samples form
 separate megabatches (a batch never mixes them, except the one leftover megabatch that holds both groups'
-remainders); the megabatches are then shuffled.
+remainders, cut in order rather than balanced); the megabatches are then shuffled.
 
 Unlike the release, every random choice follows (seed, epoch), so a resumed run sees the same order, and the
 leftover megabatch is sorted by modality then length (the release sorts it by index), so at most one batch
@@ -81,12 +81,17 @@ class LengthGroupedSampler(Sampler[int]):
         megabatches = [full[int(k)] for k in rng.permutation(len(full))]
         # Leftovers last, one modality after the other, so that at most one batch mixes them.
         leftover.sort(key=lambda i: (not self.multimodal[i], -self.lengths[i]))
-        megabatches += [leftover[start : start + size] for start in range(0, len(leftover), size)]
-        return [batch for megabatch in megabatches for batch in self._split(megabatch)]
+        batches = [batch for megabatch in megabatches for batch in self._split(megabatch)]
+        for start in range(0, len(leftover), size):
+            # Cut in (modality, length) order rather than balanced, which would mix the modalities.
+            rest = leftover[start : start + size]
+            capacity = -(-len(rest) // self.world_size)
+            batches += [rest[rank * capacity : (rank + 1) * capacity] for rank in range(self.world_size)]
+        return batches
 
     def _split(self, megabatch: list[int]) -> list[list[int]]:
         """``world_size`` batches of similar total length: longest first, each to the lightest open batch."""
-        capacity = -(-len(megabatch) // self.world_size)
+        capacity = len(megabatch) // self.world_size
         batches: list[list[int]] = [[] for _ in range(self.world_size)]
         totals = [0] * self.world_size
         for index in sorted(megabatch, key=lambda i: -self.lengths[i]):
