@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import LlavaOnevisionImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     from anomaly_ov.data.crops import ImageCrops
-    from anomaly_ov.data.features import FeatureSource, build_feature_source, format_bytes
+    from anomaly_ov.data.feature_cache import format_bytes
+    from anomaly_ov.data.features import FeatureSource, build_feature_source
     from anomaly_ov.data.zsad import sample
-    from anomaly_ov.models.expert import AnomalyExpert
+    from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
     from anomaly_ov.models.vision import HFVisionTower
     from anomaly_ov.training.distributed import make_accelerator
     from anomaly_ov.training.expert import ExpertTrainer
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         def epoch(source: FeatureSource, name: str) -> float:
             prepared = source.prepare(samples, skip_bad=False, progress=False)
             torch.manual_seed(0)
-            expert = AnomalyExpert(vision_dim=1152, expert_dim=512, grid=27).to(args.device)
+            expert = AnomalyExpert(ExpertConfig(vision_dim=1152, expert_dim=512, grid=27)).to(args.device)
             trainer = ExpertTrainer(
                 expert,
                 partial(torch.optim.AdamW, lr=1e-4),

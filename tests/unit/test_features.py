@@ -14,16 +14,16 @@ from torch import nn
 from transformers import LlavaOnevisionImageProcessor
 
 from anomaly_ov.data.crops import ImageCrops
-from anomaly_ov.data.features import (
+from anomaly_ov.data.feature_cache import (
     CacheBudgetError,
     FeatureCache,
-    build_feature_source,
     cache_fingerprint,
     collate_features,
     weights_sha256,
 )
+from anomaly_ov.data.features import build_feature_source
 from anomaly_ov.data.zsad import AnomalySample, BadInputError, InstructionSource, sample
-from anomaly_ov.models.builders import build_vision_tower
+from anomaly_ov.models.builders import build_siglip_tower
 
 
 class CountingTower(nn.Module):
@@ -43,7 +43,7 @@ class CountingTower(nn.Module):
 
 @pytest.fixture(scope="module")
 def tower(tiny_zoo):
-    return build_vision_tower("siglip", str(tiny_zoo.siglip), [2, 3, 4, 5])
+    return build_siglip_tower(str(tiny_zoo.siglip), [2, 3, 4, 5])
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_cache_key_tracks_layers_preprocessing_and_weights(tower, processor, tmp
     assert _cache(tmp_path, tower, single).key == base.key
     assert _cache(tmp_path, tower, anyres).key != base.key
     assert _cache(tmp_path, tower, single, layers=(1, 3, 4, 5)).key != base.key
-    changed = build_vision_tower("siglip", str(Path(tower.backbone.config._name_or_path)), [2, 3, 4, 5])
+    changed = build_siglip_tower(str(Path(tower.backbone.config._name_or_path)), [2, 3, 4, 5])
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
     assert _cache(tmp_path, changed, single).key != base.key
