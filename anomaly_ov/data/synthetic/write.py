@@ -1,0 +1,269 @@
+"""Writing the synthetic dataset: the MVTec AD folder layout, the instruction and benchmark files, meta.json
+(the layout is in the docstring of :mod:`anomaly_ov.data.synthetic`), and the ``make-synthetic`` command.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomaly_ov.data.synthetic.render import CATEGORIES, DEFECT_TYPES, Category, render_sample, role_code
+from anomaly_ov.data.synthetic.text import (
+    DETECTION_PROMPT,
+    Facts,
+    describe_location,
+    describe_size,
+    instruction_conversation,
+    reasoning_questions,
+)
+
+# meta.json names the generator by its public module (as before the package split: same seed, same bytes).
+_GENERATOR = "anomaly_ov.data.synthetic"
+
+OWNED_ENTRIES: tuple[str, ...] = ("mvtec", "visa_dr", "instruct.json", "meta.json")
+"""What the generator writes under its root; ``overwrite=True`` deletes exactly these."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much to generate per class.
+
+    Attributes:
+        image_size: side of the square images in pixels.
+        train_good: normal training images per class.
+        test_good: normal test images per class.
+        anomalous: anomalous test images per class (spread round-robin over the class's defect types).
+
+    """
+
+    image_size: int
+    train_good: int
+    test_good: int
+    anomalous: int
+
+
+SCALES: dict[str, Scale] = {
+    "small": Scale(image_size=64, train_good=4, test_good=2, anomalous=5),
+    "default": Scale(image_size=128, train_good=20, test_good=8, anomalous=12),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """Where :func:`generate_synthetic` wrote the dataset.
+
+    Attributes:
+        root: the output root.
+        mvtec_root: ``root / "mvtec"`` (MVTec AD layout, all classes).
+        instruct_json: instruction records over the train classes.
+        test_data_json: VisA-D&R-style detection file over the held-out classes.
+        visa_dr_json: VisA-D&R-style reasoning file over the held-out classes.
+        meta_json: generation settings and counts.
+        train_categories: classes present in instruct.json.
+        heldout_categories: classes only in the benchmark files.
+        image_size: side of every image in pixels.
+
+    """
+
+    root: Path
+    mvtec_root: Path
+    instruct_json: Path
+    test_data_json: Path
+    visa_dr_json: Path
+    meta_json: Path
+    train_categories: tuple[str, ...]
+    heldout_categories: tuple[str, ...]
+    image_size: int
+
+
+def _prepare(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"synthetic dataset output {root} exists and is not a directory")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"synthetic dataset output {root} is not empty; pass overwrite=True (CLI: --overwrite) to "
+                f"replace the generated entries {', '.join(OWNED_ENTRIES)} there"
+            )
+        for name in OWNED_ENTRIES:
+            entry = root / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")  # uint8 [H, W] -> L, [H, W, 3] -> RGB
+
+
+def _write_json(value: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _samples(category: Category, plan: Scale) -> list[tuple[str, str | None, int]]:
+    """(split, defect or None, index) of every image of a class; anomalies go round-robin over its defects."""
+    samples: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(plan.train_good)]
+    samples += [("test", None, i) for i in range(plan.test_good)]
+    per_defect = dict.fromkeys(category.defects, 0)
+    for k in range(plan.anomalous):
+        per_defect[category.defects[k % len(category.defects)]] += 1
+    samples += [("test", defect, i) for defect, count in per_defect.items() for i in range(count)]
+    return samples
+
+
+def generate_synthetic(
+    out_dir: str | Path, seed: int = 0, scale: str = "default", overwrite: bool = False
+) -> SyntheticDataset:
+    """Write the synthetic anomaly dataset (layout in the module docstring).
+
+    Args:
+        out_dir: the output root; created if missing.
+        seed: the dataset seed; the same seed writes byte-identical files.
+        scale: a key of :data:`SCALES` ("small" for tests, "default" for the demo).
+        overwrite: allow a non-empty ``out_dir``; the generator then deletes only the entries it owns
+            (:data:`OWNED_ENTRIES`) before writing, and leaves any other file there untouched.
+
+    Returns:
+        The paths written and the train / held-out class split.
+
+    Raises:
+        ValueError: an unknown scale or a negative seed.
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        NotADirectoryError: ``out_dir`` is an existing file.
+
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    root = Path(out_dir)
+    _prepare(root, overwrite)
+    plan = SCALES[scale]
+    size = plan.image_size
+    instruct: list[dict[str, object]] = []
+    detection: list[dict[str, object]] = []
+    reasoning: list[dict[str, object]] = []
+    counts: dict[str, dict[str, int]] = {}
+
+    for class_index, category in enumerate(CATEGORIES):
+        counts[category.name] = {
+            "train_good": plan.train_good,
+            "test_good": plan.test_good,
+            "test_anomalous": plan.anomalous,
+        }
+        for split, defect, index in _samples(category, plan):
+            _, image, mask = render_sample(seed, category.name, split, defect, index, size)
+            relative = f"mvtec/{category.name}/{split}/{defect or 'good'}/{index:03d}.png"
+            _save_png(image, root / relative)
+            facts = Facts(noun=category.noun, defect=defect)
+            if defect is not None:
+                _save_png(mask, root / f"mvtec/{category.name}/ground_truth/{defect}/{index:03d}_mask.png")
+                facts = Facts(category.noun, defect, describe_location(mask), describe_size(mask))
+            if not category.heldout:
+                text_rng = np.random.default_rng([seed, 1, class_index, role_code(split, defect), index])
+                instruct.append(
+                    {
+                        "id": f"{category.name}_{split}_{defect or 'good'}_{index:03d}",
+                        "image": relative,
+                        "conversations": instruction_conversation(text_rng, facts),
+                        "anomaly": defect is not None,
+                        "class": category.name,
+                        "defect": defect,
+                    }
+                )
+            elif split == "test":
+                detection.append({"image": relative, "anomaly": defect is not None})
+                if defect is not None:
+                    questions, answers = reasoning_questions(facts)
+                    reasoning.append(
+                        {
+                            "image": relative,
+                            "class": category.name,
+                            "defect": defect,
+                            "questions": questions,
+                            "answers": answers,
+                        }
+                    )
+
+    train = tuple(category.name for category in CATEGORIES if not category.heldout)
+    heldout = tuple(category.name for category in CATEGORIES if category.heldout)
+    dataset = SyntheticDataset(
+        root=root,
+        mvtec_root=root / "mvtec",
+        instruct_json=root / "instruct.json",
+        test_data_json=root / "visa_dr" / "test_data.json",
+        visa_dr_json=root / "visa_dr" / "visa_dr.json",
+        meta_json=root / "meta.json",
+        train_categories=train,
+        heldout_categories=heldout,
+        image_size=size,
+    )
+    _write_json(instruct, dataset.instruct_json)
+    _write_json(detection, dataset.test_data_json)
+    _write_json(reasoning, dataset.visa_dr_json)
+    meta = {
+        "generator": _GENERATOR,
+        "seed": seed,
+        "scale": scale,
+        "image_size": size,
+        "train_categories": list(train),
+        "heldout_categories": list(heldout),
+        "defect_types": list(DEFECT_TYPES),
+        "categories": {
+            c.name: {"kind": c.kind, "noun": c.noun, "defects": list(c.defects), "heldout": c.heldout}
+            for c in CATEGORIES
+        },
+        "counts": counts,
+        "records": {"instruct": len(instruct), "test_data": len(detection), "visa_dr": len(reasoning)},
+        "visa_dr_prompt": DETECTION_PROMPT,
+    }
+    _write_json(meta, dataset.meta_json)
+    return dataset
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``anomaly-ov make-synthetic``: writes the synthetic dataset and prints a one-line summary.
+
+    Args:
+        argv: command-line arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 on success, 1 when the output directory is refused).
+
+    """
+    parser = argparse.ArgumentParser(
+        prog="anomaly-ov make-synthetic",
+        description="Write the synthetic anomaly dataset (the embedded default).",
+    )
+    parser.add_argument("--out", default="outputs/synthetic", help="output root (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: %(default)s)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="default", help="dataset size")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        dataset = generate_synthetic(args.out, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError, ValueError) as error:
+        print(f"anomaly-ov make-synthetic: {error}", file=sys.stderr)
+        return 1
+    meta = json.loads(dataset.meta_json.read_text(encoding="utf-8"))
+    images = sum(sum(count.values()) for count in meta["counts"].values())
+    print(
+        f"wrote synthetic dataset to {dataset.root}: {len(CATEGORIES)} classes "
+        f"({len(dataset.train_categories)} train, {len(dataset.heldout_categories)} held-out), "
+        f"{images} images of {dataset.image_size}px, "
+        f"{meta['records']['instruct']} instruction records, "
+        f"{meta['records']['visa_dr']} reasoning records (seed {args.seed}, scale {args.scale}, "
+        f"{time.perf_counter() - start:.1f}s)"
+    )
+    return 0
