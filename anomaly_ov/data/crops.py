@@ -1,12 +1,18 @@
-"""The crops the frozen vision tower sees for each sample, and a dataset that yields them.
+"""The crops the vision tower sees: the one crop function and the stage-1 dataset that yields crops.
 
-An image is cut by transformers' LLaVA-OneVision image processor into its AnyRes crops (the whole image
-resized to the tower's square input, then the high-resolution tiles) or, with ``single_crop``, into the
-first of them only: the whole image resized (stretched) to the square input. Every view of a multi-view
-sample is one such crop. Because the single crop and AnyRes' first crop are the same stretched whole image,
-an anomaly map of the first crop maps back onto the image by resizing it to the image size, in both modes.
+Every path that turns an image into what the tower sees goes through :func:`anyres_crops` -- stage-1 feature
+extraction and caching, zero-shot evaluation and, through the processor, the multimodal model in training
+and inference -- after the one image reader (:func:`anomaly_ov.data.images.read_image`, which applies the
+release's long-side limit first). It wraps transformers' ``LlavaOnevisionImageProcessor``:
 
-Notation: ``n`` crops of one sample, ``N`` crops of a batch, ``S`` the tower's input side.
+* **AnyRes** (a single-image sample): the whole image resized (stretched) to the tower's square input,
+  then the high-resolution tiles of the best-fitting grid pinpoint, row-major;
+* **single crop** (LLaVA-OneVision's meaning: each view of a multi-image sample, or every image when AnyRes
+  is off): the image padded to a square (centred, the processor's background colour), then resized to the
+  tower's input. An anomaly map of a single crop therefore covers the padding too: :func:`crop_map_to_image`
+  cuts it away.
+
+Notation: ``n`` crops of one sample, ``N`` crops of a batch, ``S`` the tower's input side, ``g`` map side.
 """
 
 import json
@@ -15,13 +21,118 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import LlavaOnevisionImageProcessor
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-from anomaly_ov.data.images import BadInputError, SkippedFile, image_size, read_image
+from anomaly_ov.data.images import (
+    RELEASE_MAX_IMAGE_SIDE,
+    BadInputError,
+    SkippedFile,
+    image_size,
+    read_image,
+)
 from anomaly_ov.data.zsad import AnomalySample
-from anomaly_ov.models.vision import anyres_crops
+
+
+@dataclass(frozen=True)
+class AnyResCrops:
+    """Crops of a batch of images, flattened for the vision tower.
+
+    Attributes:
+        pixel_values: Crops of all images, [N, 3, S, S]; each image's crops are contiguous and its first crop
+            is the whole image, followed by its tiles in row-major order (AnyRes only).
+        crops_per_image: Number of crops of each image (sums to N).
+        image_sizes: Original (height, width) of each image.
+        single_crop: Whether every image is one padded square crop.
+    """
+
+    pixel_values: torch.Tensor
+    crops_per_image: list[int]
+    image_sizes: list[tuple[int, int]]
+    single_crop: bool
+
+
+def anyres_crops(
+    image_processor: LlavaOnevisionImageProcessor,
+    images: Sequence[object],
+    single_crop: bool = False,
+) -> AnyResCrops:
+    """Cuts images into the tower's crops with transformers' LLaVA-OneVision image processor.
+
+    The processor pads every image to the largest crop count of the batch; the padding is removed here with
+    transformers' own crop count (``image_size_to_num_patches``), as LLaVA-OneVision's model does.
+
+    Args:
+        image_processor: The LLaVA-OneVision image processor (its ``image_grid_pinpoints`` define the tiles).
+        images: Images the processor accepts (PIL images, arrays or tensors), already read with
+            :func:`anomaly_ov.data.images.read_image`.
+        single_crop: Encode every image as one crop (padded to a square, no tiles), as LLaVA-OneVision does
+            for the views of a multi-image sample.
+
+    Returns:
+        The flattened crops and the number of crops per image.
+    """
+    if len(images) == 0:
+        raise ValueError("images is empty.")
+    if single_crop:
+        # transformers treats a one-image list as a single-image sample (AnyRes tiles); a lone image is
+        # duplicated so the processor takes its multi-image path (one square crop per view), then dropped.
+        views = list(images) if len(images) > 1 else [images[0], images[0]]
+        batch = image_processor([views], return_tensors="pt")
+    else:
+        batch = image_processor(list(images), return_tensors="pt")
+    pixel_values = batch["pixel_values"]
+    image_sizes = [(int(h), int(w)) for h, w in batch["image_sizes"].tolist()][: len(images)]
+    if single_crop:
+        counts = [1] * len(images)
+        crops = pixel_values.reshape(-1, *pixel_values.shape[2:])[: len(images)]
+    else:
+        crop_size = image_processor.size["height"]
+        counts = [
+            image_size_to_num_patches(size, image_processor.image_grid_pinpoints, crop_size)
+            for size in image_sizes
+        ]
+        crops = torch.cat([image[:count] for image, count in zip(pixel_values, counts, strict=True)], dim=0)
+    return AnyResCrops(
+        pixel_values=crops, crops_per_image=counts, image_sizes=image_sizes, single_crop=single_crop
+    )
+
+
+def crop_map_to_image(
+    crop_map: torch.Tensor,
+    image_size: Sequence[int],
+    padded_to_square: bool,
+    long_side: int | None = None,
+) -> torch.Tensor:
+    """The anomaly map of the whole image from the map of its whole-image crop.
+
+    An AnyRes whole-image crop is the image stretched to a square, so its map covers the image as it is. A
+    single crop was padded to a square (centred) first, so the padding is cut away.
+
+    Args:
+        crop_map: Map of the image's first crop, [g, g].
+        image_size: Original (height, width).
+        padded_to_square: Whether the crop was padded to a square (single-crop mode).
+        long_side: Resolution of the result's long side when padding is cut (None: the image's own size;
+            a few times the map side keeps memory small when the map is upsampled again later).
+
+    Returns:
+        [g, g] map (unchanged when nothing was padded), or the image region [h, w] (aspect of the image)
+        when padding was cut.
+    """
+    values = crop_map.detach().float().cpu()
+    height, width = (int(s) for s in image_size)
+    if not padded_to_square or height == width:
+        return values
+    if long_side is not None:
+        scale = long_side / max(height, width)
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    side = max(height, width)
+    square = F.interpolate(values[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    top, left = (side - height) // 2, (side - width) // 2
+    return square[top : top + height, left : left + width].clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -31,11 +142,14 @@ class ImageCrops:
     Attributes:
         image_processor: LLaVA-OneVision image processor (its size is the tower's input side, its grid
             pinpoints define the AnyRes tiles, its mean/std the normalisation).
-        single_crop: One crop per image instead of AnyRes (whole image + tiles).
+        single_crop: One crop per image (LLaVA-OneVision's padded square) instead of AnyRes (whole image +
+            tiles).
+        max_image_side: The release's long-side limit applied when reading (None: off).
     """
 
     image_processor: LlavaOnevisionImageProcessor
     single_crop: bool = False
+    max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE
 
     @property
     def crop_size(self) -> int:
@@ -49,7 +163,12 @@ class ImageCrops:
     def fingerprint(self) -> dict[str, object]:
         """Everything that determines the crops, for keying the feature cache."""
         settings = json.loads(json.dumps(self.image_processor.to_dict(), sort_keys=True, default=str))
-        return {"image_processor": settings, "single_crop": self.single_crop}
+        return {
+            "image_processor": settings,
+            "single_crop": self.single_crop,
+            "single_crop_meaning": "padded_square",
+            "max_image_side": self.max_image_side,
+        }
 
     def image_num_crops(self, path: Path, single: bool) -> int:
         """Number of crops of one image file, from its header only (no decoding).
@@ -59,7 +178,7 @@ class ImageCrops:
         """
         if single:
             return 1
-        width, height = image_size(path)
+        width, height = image_size(path, self.max_image_side)
         return int(
             image_size_to_num_patches(
                 (height, width), self.image_processor.image_grid_pinpoints, self.crop_size
@@ -76,7 +195,7 @@ class ImageCrops:
 
         Args:
             path: The image.
-            single: Only the whole-image crop (else AnyRes: whole image, then the tiles in row-major order).
+            single: One padded square crop (else AnyRes: whole image, then the tiles in row-major order).
 
         Returns:
             [n, 3, S, S] normalised crops (n = 1 when ``single``).
@@ -84,13 +203,8 @@ class ImageCrops:
         Raises:
             BadInputError: If the image is missing, unreadable or truncated.
         """
-        image = read_image(path, max_side=None)
-        if single:
-            # With one pinpoint of the crop size the processor makes the whole-image crop and one tile.
-            side = self.crop_size
-            batch = self.image_processor(image, image_grid_pinpoints=[[side, side]], return_tensors="pt")
-            return batch["pixel_values"][0, :1]
-        return anyres_crops(self.image_processor, [image]).pixel_values
+        image = read_image(path, self.max_image_side)
+        return anyres_crops(self.image_processor, [image], single_crop=single).pixel_values
 
     def __call__(self, item: AnomalySample) -> torch.Tensor:
         """The crops of one sample: its images' crops, concatenated.

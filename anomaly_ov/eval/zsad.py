@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from anomaly_ov.data.crops import crop_map_to_image
 from anomaly_ov.data.features import FeatureSource
 from anomaly_ov.data.images import BadInputError, SkippedFile, image_size, read_image
 from anomaly_ov.data.zsad import AnomalySample, group_by_class, load_mask
@@ -86,6 +87,16 @@ def score_samples(
         first_crop = np.cumsum([0, *features.crops_per_image[:-1]])
         scores.append(output.scores.float().cpu())
         maps.extend(output.maps[torch.as_tensor(first_crop, device=device)].float().cpu())
+    # A single crop is the image padded to a square: its map's padding is cut away (AnyRes crops are
+    # stretched, so their maps cover the image as they are).
+    crops = source.crops
+    for position, index in enumerate(prepared.kept):
+        item = samples[index]
+        if crops.is_single_crop(item):
+            width, height = image_size(item.image)
+            maps[position] = crop_map_to_image(
+                maps[position], (height, width), padded_to_square=True, long_side=8 * maps[position].shape[-1]
+            )
     all_scores = torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
     return prepared.kept, all_scores, maps, prepared.skipped
 
@@ -149,7 +160,8 @@ def _pixel_arrays(
             "equally sized masks. Set pixel_size (e.g. 256) to resize every mask and map to one size."
         )
     (height, width) = sizes.pop()
-    upsampled = upsample_maps(torch.stack(list(maps)), (height, width))
+    # maps of padded single crops have their image's aspect, so each one is resized on its own
+    upsampled = np.stack([upsample_maps(m[None], (height, width))[0] for m in maps])
     return upsampled, np.stack(masks)
 
 

@@ -1,7 +1,7 @@
 """Inference with Anomaly-OV: load a model, read images, ask questions, get answers, scores and maps.
 
 A pipeline is built either from a composed Hydra config (``configs/chat.yaml`` / ``configs/predict.yaml``,
-through the builders) or from a folder written by :func:`anomaly_ov.models.checkpoint.save_anomaly_ov`.
+through the builders) or from a folder written by :func:`anomaly_ov.checkpoints.model_folder.save_anomaly_ov`.
 Prompts go through the processor and the one conversation function, exactly as in training.
 """
 
@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
@@ -21,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
+from anomaly_ov.data.crops import crop_map_to_image
 from anomaly_ov.data.tokens import IM_END
 from anomaly_ov.models.anomaly_ov import AnomalyOV, AnomalyOVGeneration
-from anomaly_ov.models.checkpoint import load_anomaly_ov
+from anomaly_ov.checkpoints.model_folder import load_anomaly_ov
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -94,30 +94,6 @@ class Answer:
     images: list[ImageFinding]
 
 
-def whole_image_map(crop_map: torch.Tensor, image_size: Sequence[int], padded_to_square: bool) -> np.ndarray:
-    """The anomaly map of the whole image from the map of its whole-image crop.
-
-    An AnyRes whole-image crop is the image resized to a square, so its map covers the image. A single crop
-    was padded to a square (centred) before resizing, so the padding is cut away.
-
-    Args:
-        crop_map: Map of the image's first crop, [g, g].
-        image_size: Original (height, width).
-        padded_to_square: Whether the crop was padded to a square.
-
-    Returns:
-        [g, g] map, or [height, width] when padding was cut.
-    """
-    values = crop_map.detach().float().cpu()
-    height, width = (int(s) for s in image_size)
-    if not padded_to_square or height == width:
-        return values.numpy()
-    side = max(height, width)
-    square = F.interpolate(values[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-    top, left = (side - height) // 2, (side - width) // 2
-    return square[top : top + height, left : left + width].clamp(0, 1).numpy()
-
-
 class AnomalyOVPipeline:
     """Answers conversations about images with Anomaly-OV.
 
@@ -152,7 +128,7 @@ class AnomalyOVPipeline:
         dtype: str | None = None,
         device_map: str | None = None,
     ) -> "AnomalyOVPipeline":
-        """Loads a folder written by :func:`~anomaly_ov.models.checkpoint.save_anomaly_ov`."""
+        """Loads a folder written by :func:`~anomaly_ov.checkpoints.model_folder.save_anomaly_ov`."""
         loaded = load_anomaly_ov(folder, dtype=dtype, device_map=device_map)
         return cls(loaded.model, loaded.processor, generation)
 
@@ -216,7 +192,7 @@ class AnomalyOVPipeline:
     def _answers(self, output: AnomalyOVGeneration, samples: Sequence[Any]) -> list[Answer]:
         encoding = output.images
         findings: list[ImageFinding] = []
-        if encoding is not None:
+        if encoding is not None and encoding.expert is not None:
             crop_start = 0
             sizes = torch.cat([s.images.image_sizes for s in samples if s.images is not None])
             for index, crops in enumerate(encoding.crops_per_image):
@@ -224,11 +200,11 @@ class AnomalyOVPipeline:
                     ImageFinding(
                         score=float(encoding.expert.scores[index]),
                         severity=encoding.severity_words[index],
-                        anomaly_map=whole_image_map(
+                        anomaly_map=crop_map_to_image(
                             encoding.expert.maps[crop_start],
                             sizes[index].tolist(),
                             padded_to_square=crops == 1,
-                        ),
+                        ).numpy(),
                     )
                 )
                 crop_start += crops

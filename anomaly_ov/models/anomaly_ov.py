@@ -41,9 +41,9 @@ Notation: ``B`` samples, ``L`` sequence length, ``M`` images of the batch, ``N``
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
@@ -69,7 +69,8 @@ class ImageEncoding:
         anomaly_tokens: Projected anomaly tokens with newlines, each [n_anomaly, H].
         severity_words: The adverb chosen for each image.
         crops_per_image: Crops of each image.
-        expert: The expert's outputs (scores [M], maps [N, g, g], ...).
+        expert: The expert's outputs (scores [M], maps [N, g, g], ...); None for a model without the
+            expert (then the severity and anomaly lists are empty).
     """
 
     image_features: list[torch.Tensor]
@@ -77,7 +78,7 @@ class ImageEncoding:
     anomaly_tokens: list[torch.Tensor]
     severity_words: list[str]
     crops_per_image: list[int]
-    expert: ExpertOutput
+    expert: ExpertOutput | None
 
 
 @dataclass
@@ -104,7 +105,9 @@ class AnomalyOVOutput:
     """Output of :meth:`AnomalyOV.forward`.
 
     Attributes:
-        logits: [B, L, vocab].
+        logits: Without labels: [B, L, vocab], or [B, k, vocab] for the last ``logits_to_keep=k``
+            positions. With labels: [K, vocab], only the K positions that predict a label (the vocabulary
+            projection is computed nowhere else).
         loss: Mean next-token cross-entropy over labelled positions, or None without labels.
         embedding: The composed input (mask, positions, per-image expert outputs).
     """
@@ -115,8 +118,9 @@ class AnomalyOVOutput:
 
     @property
     def scores(self) -> torch.Tensor | None:
-        """Expert anomaly score per image, [M] (None for a text-only batch)."""
-        return None if self.embedding.images is None else self.embedding.images.expert.scores
+        """Expert anomaly score per image, [M] (None for a text-only batch or a model without the expert)."""
+        images = self.embedding.images
+        return None if images is None or images.expert is None else images.expert.scores
 
 
 @dataclass
@@ -148,7 +152,9 @@ class AnomalyOV(nn.Module):
         llava: A constructed ``LlavaOnevisionForConditionalGeneration`` (its ``vision_feature_layer`` must
             be one int: the expert reads those same final tokens).
         expert: A constructed anomaly expert sized for this vision tower (``vision_dim`` = vision width,
-            ``grid`` = tokens per side); its ``severity_thresholds`` choose the severity adverb.
+            ``grid`` = tokens per side), or None for plain LLaVA-OneVision (no severity text, no anomaly
+            tokens: the baselines of the paper's Table 4). Its ``severity_thresholds`` choose the severity
+            adverb.
         level_layers: Vision hidden-state indices of the expert's level tokens (released: [7, 13, 19, 25];
             tiny zoo: [2, 3, 4, 5]).
         placeholders: Ids of the reserved positions (from the processor's tokenizer).
@@ -159,7 +165,7 @@ class AnomalyOV(nn.Module):
     def __init__(
         self,
         llava: LlavaOnevisionForConditionalGeneration,
-        expert: AnomalyExpert,
+        expert: AnomalyExpert | None,
         level_layers: Sequence[int],
         placeholders: PlaceholderTokens,
         severity_ids: Mapping[str, Sequence[int]],
@@ -176,6 +182,38 @@ class AnomalyOV(nn.Module):
             raise ValueError(
                 f"unknown vision_feature_select_strategy {config.vision_feature_select_strategy!r}"
             )
+        if expert is not None:
+            self._check_expert(expert, vision_config, level_layers, placeholders, severity_ids)
+        elif placeholders.severity is not None or placeholders.anomaly is not None:
+            raise ValueError(
+                "the processor reserves severity/anomaly positions but the model has no expert: build the "
+                "processor with expert_tokens=False."
+            )
+        if placeholders.image != config.image_token_id:
+            raise ValueError(
+                f"placeholders.image={placeholders.image} but the model's image_token_id is "
+                f"{config.image_token_id}: the processor and the checkpoint disagree."
+            )
+        self.llava = llava
+        self.expert = expert
+        self.level_layers = tuple(int(i) for i in level_layers)
+        self.placeholders = placeholders
+        self.severity_ids = {word: tuple(int(i) for i in ids) for word, ids in severity_ids.items()}
+        self.num_prefix_tokens = 1 if config.vision_feature_select_strategy == "default" else 0
+        self.llava.model.vision_tower.requires_grad_(False)
+        if self.expert is not None:
+            self.expert.requires_grad_(False)
+        self.train(False)
+
+    @staticmethod
+    def _check_expert(
+        expert: AnomalyExpert,
+        vision_config: object,
+        level_layers: Sequence[int],
+        placeholders: PlaceholderTokens,
+        severity_ids: Mapping[str, Sequence[int]],
+    ) -> None:
+        """Raises if the expert, its level taps or the reserved positions do not fit this model."""
         grid = vision_config.image_size // vision_config.patch_size
         if expert.vision_dim != vision_config.hidden_size or expert.grid != grid:
             raise ValueError(
@@ -187,10 +225,10 @@ class AnomalyOV(nn.Module):
                 f"level_layers={list(level_layers)} has {len(level_layers)} entries; the expert reads "
                 f"num_levels={expert.num_levels} levels."
             )
-        if placeholders.image != config.image_token_id:
+        if placeholders.severity is None or placeholders.anomaly is None:
             raise ValueError(
-                f"placeholders.image={placeholders.image} but the model's image_token_id is "
-                f"{config.image_token_id}: the processor and the checkpoint disagree."
+                "the model has an expert but the processor reserves no severity/anomaly positions "
+                "(expert_tokens=False)."
             )
         if set(severity_ids) != set(SEVERITY_WORDS):
             raise ValueError(
@@ -202,26 +240,20 @@ class AnomalyOV(nn.Module):
                     f"the severity text for {word!r} has {len(ids)} tokens; the processor reserves "
                     f"{placeholders.severity_slots} positions."
                 )
-        self.llava = llava
-        self.expert = expert
-        self.level_layers = tuple(int(i) for i in level_layers)
-        self.placeholders = placeholders
-        self.severity_ids = {word: tuple(int(i) for i in ids) for word, ids in severity_ids.items()}
-        self.num_prefix_tokens = 1 if config.vision_feature_select_strategy == "default" else 0
-        self.llava.model.vision_tower.requires_grad_(False)
-        self.expert.requires_grad_(False)
-        self.train(False)
 
     def train(self, mode: bool = True) -> "AnomalyOV":
         """Sets the mode; the frozen vision tower and expert always stay in eval mode."""
         super().train(mode)
         self.llava.model.vision_tower.eval()
-        self.expert.eval()
+        if self.expert is not None:
+            self.expert.eval()
         return self
 
     @property
     def pool_grid(self) -> int:
         """Side of the expert's pooling grid (P = pool_grid ** 2 local tokens per crop)."""
+        if self.expert is None:
+            raise AttributeError("a model without the expert has no pooling grid.")
         return self.expert.pool_grid
 
     # ------------------------------------------------------------------ images
@@ -337,11 +369,6 @@ class AnomalyOV(nn.Module):
         if len(image_sizes) != len(counts):
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(counts)} images.")
         final, levels = self.vision_tokens(crops)
-        with torch.no_grad():
-            expert = self.expert(
-                final.to(self.expert_dtype), [t.to(self.expert_dtype) for t in levels], counts
-            )
-
         llava = self.llava.model
         projector = llava.multi_modal_projector
         dtype = projector.linear_1.weight.dtype
@@ -351,6 +378,19 @@ class AnomalyOV(nn.Module):
             image_newline=llava.image_newline,
             vision_aspect_ratio=self.llava.config.vision_aspect_ratio,
         )
+        if self.expert is None:
+            return ImageEncoding(
+                image_features=list(image_features),
+                severity_embeds=[],
+                anomaly_tokens=[],
+                severity_words=[],
+                crops_per_image=counts,
+                expert=None,
+            )
+        with torch.no_grad():
+            expert = self.expert(
+                final.to(self.expert_dtype), [t.to(self.expert_dtype) for t in levels], counts
+            )
         local_tokens = torch.split(projector(expert.local_tokens.to(dtype)), counts)
         global_tokens = projector(expert.global_tokens.to(dtype))
         newline = llava.image_newline.to(global_tokens.device, dtype)
@@ -404,11 +444,10 @@ class AnomalyOV(nn.Module):
     ) -> None:
         """Raises if a sample's reserved positions do not match its images' pieces, saying how many."""
         slots = self.placeholders.severity_slots
-        lengths = {
-            "<image>": [len(f) for f in images.image_features],
-            SEVERITY_TOKEN: [slots] * len(images.image_features),
-            ANOMALY_TOKEN: [len(a) for a in images.anomaly_tokens],
-        }
+        lengths = {"<image>": [len(f) for f in images.image_features]}
+        if self.expert is not None:
+            lengths[SEVERITY_TOKEN] = [slots] * len(images.image_features)
+            lengths[ANOMALY_TOKEN] = [len(a) for a in images.anomaly_tokens]
         found = {name: mask.sum(dim=1).tolist() for name, mask in reserved.items()}
         start = 0
         for sample, count in enumerate(per_sample):
@@ -454,12 +493,11 @@ class AnomalyOV(nn.Module):
         batch, _ = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        reserved = {
-            "<image>": input_ids == ids.image,
-            SEVERITY_TOKEN: input_ids == ids.severity,
-            ANOMALY_TOKEN: input_ids == ids.anomaly,
-        }
-        any_reserved = reserved["<image>"] | reserved[SEVERITY_TOKEN] | reserved[ANOMALY_TOKEN]
+        reserved = {"<image>": input_ids == ids.image}
+        if self.expert is not None:
+            reserved[SEVERITY_TOKEN] = input_ids == ids.severity
+            reserved[ANOMALY_TOKEN] = input_ids == ids.anomaly
+        any_reserved = torch.stack(list(reserved.values())).any(dim=0)
         embed = self.llava.get_input_embeddings()
         # Placeholder ids may lie outside the embedding table (tokens added to the tokenizer); their
         # embeddings are overwritten below anyway.
@@ -484,6 +522,12 @@ class AnomalyOV(nn.Module):
             self._check_reserved_counts(reserved, images, per_sample)
 
             device, dtype = inputs_embeds.device, inputs_embeds.dtype
+            if self.expert is None:
+                mask = reserved["<image>"].to(device).unsqueeze(-1)
+                inputs_embeds = inputs_embeds.masked_scatter(
+                    mask, torch.cat(images.image_features).to(device, dtype)
+                )
+                return self._embedding(inputs_embeds, attention_mask, labels, images)
             slots = ids.severity_slots
             severity = []
             hole = []
@@ -505,6 +549,15 @@ class AnomalyOV(nn.Module):
             )
             attention_mask = attention_mask.masked_fill(holes, 0)
 
+        return self._embedding(inputs_embeds, attention_mask, labels, images)
+
+    @staticmethod
+    def _embedding(
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        images: ImageEncoding | None,
+    ) -> MultimodalEmbedding:
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         return MultimodalEmbedding(
             inputs_embeds=inputs_embeds,
@@ -525,24 +578,52 @@ class AnomalyOV(nn.Module):
         image_num_crops: torch.Tensor | Sequence[int] | None = None,
         batch_num_images: torch.Tensor | Sequence[int] | None = None,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> AnomalyOVOutput:
         """Runs the model on a batch prepared by the processor (arguments as in :meth:`embed_inputs`).
 
+        The vocabulary projection is computed only where it is used. Most positions of a sample are image
+        tokens with label -100 (SPEC §4): with ``labels``, the LLM's last hidden states are gathered at the
+        K positions that predict a label, and only those go through ``lm_head`` and the cross-entropy. The
+        loss equals transformers' full-logits loss (the mean next-token cross-entropy over labelled
+        positions, computed in float32); a batch without any label gives a zero loss that still has a graph.
+
+        Args:
+            input_ids: [B, L] with the processor's reserved runs.
+            attention_mask: [B, L] (1 = real token).
+            pixel_values: Crops of all images, [N, 3, h, w]; None for a text-only batch.
+            image_sizes: [M, 2].
+            image_num_crops: [M].
+            batch_num_images: [B].
+            labels: [B, L] or None.
+            logits_to_keep: Without labels, keep only the last ``k`` positions' logits (0 = all); 1 is what
+                scoring the next token needs.
+
         Returns:
-            Logits [B, L, vocab], the loss when ``labels`` are given (only labelled positions count; every
-            reserved position is -100) and the composed input with the expert's outputs.
+            Logits (see :class:`AnomalyOVOutput`), the loss when ``labels`` are given (every reserved
+            position is -100) and the composed input with the expert's outputs.
         """
         embedding = self.embed_inputs(
             input_ids, attention_mask, pixel_values, image_sizes, image_num_crops, batch_num_images, labels
         )
-        outputs = self.llava(
+        hidden = self.llava.model(
             inputs_embeds=embedding.inputs_embeds,
             attention_mask=embedding.attention_mask,
             position_ids=embedding.position_ids,
-            labels=embedding.labels,
             use_cache=False,
-        )
-        return AnomalyOVOutput(logits=outputs.logits, loss=outputs.loss, embedding=embedding)
+        ).last_hidden_state
+        lm_head = self.llava.lm_head
+        if embedding.labels is None:
+            kept = hidden if logits_to_keep <= 0 else hidden[:, -logits_to_keep:]
+            return AnomalyOVOutput(logits=lm_head(kept), loss=None, embedding=embedding)
+        targets = embedding.labels[:, 1:].to(hidden.device)
+        labelled = targets != IGNORE_INDEX
+        logits = lm_head(hidden[:, :-1][labelled])
+        if logits.shape[0] == 0:
+            loss = hidden.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits.float(), targets[labelled])
+        return AnomalyOVOutput(logits=logits, loss=loss, embedding=embedding)
 
     @torch.no_grad()
     def generate(
@@ -581,17 +662,3 @@ class AnomalyOV(nn.Module):
             **generate_kwargs,
         )
         return AnomalyOVGeneration(sequences=sequences, embedding=embedding)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, dtype: str | None = None, device_map: str | None = None
-    ) -> "AnomalyOV":
-        """Rebuilds a model saved by :func:`anomaly_ov.models.checkpoint.save_anomaly_ov`.
-
-        Use :func:`anomaly_ov.models.checkpoint.load_anomaly_ov` to get the processor and config too.
-        """
-        from anomaly_ov.models.checkpoint import load_anomaly_ov
-
-        return load_anomaly_ov(folder, dtype=dtype, device_map=device_map).model

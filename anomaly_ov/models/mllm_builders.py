@@ -15,6 +15,7 @@ from pathlib import Path
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
+from anomaly_ov.data.images import RELEASE_MAX_IMAGE_SIDE
 from anomaly_ov.data.tokens import DEFAULT_SYSTEM_PROMPT
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.builders import torch_dtype
@@ -83,6 +84,8 @@ def load_processor(
     pool_grid: int = 2,
     anyres: bool = True,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
+    label_rule: str = "assistant",
 ) -> AnomalyOVProcessor:
     """Loads the checkpoint's LLaVA-OneVision processor and extends it (or a saved AnomalyOVProcessor).
 
@@ -92,12 +95,21 @@ def load_processor(
         pool_grid: The expert's pooling-grid side.
         anyres: AnyRes tiles for single images.
         system_prompt: Default system message.
+        max_image_side: The release's long-side limit (None: off).
+        label_rule: "assistant" or "release" (which tokens are learned).
     """
     if (Path(name_or_path) / PROCESSOR_CONFIG_NAME).is_file():
         return AnomalyOVProcessor.from_pretrained(name_or_path)
     with quiet_transformers():
         base = LlavaOnevisionProcessor.from_pretrained(name_or_path)
-    return AnomalyOVProcessor(base, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
+    return AnomalyOVProcessor(
+        base,
+        pool_grid=pool_grid,
+        anyres=anyres,
+        system_prompt=system_prompt,
+        max_image_side=max_image_side,
+        label_rule=label_rule,
+    )
 
 
 def build_llm(
@@ -109,6 +121,8 @@ def build_llm(
     dtype: str = "float32",
     device_map: str | None = None,
     attn_implementation: str | None = None,
+    max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
+    label_rule: str = "assistant",
 ) -> LlavaOnevisionParts:
     """Loads a LLaVA-OneVision checkpoint and its processor (``configs/model/llm/*.yaml``).
 
@@ -121,6 +135,8 @@ def build_llm(
         dtype: Model dtype name.
         device_map: accelerate device map or None.
         attn_implementation: Attention kernel or None.
+        max_image_side: The release's long-side limit applied to every image (None: off).
+        label_rule: "assistant" (default) or "release": which tokens stage 2 learns.
     """
     llava = load_llava_onevision(name_or_path, dtype, device_map, attn_implementation)
     num_hidden = llava.config.vision_config.num_hidden_layers
@@ -130,7 +146,14 @@ def build_llm(
                 f"level_layers={list(level_layers)}: index {index} is outside the {num_hidden + 1} "
                 f"hidden states of {name_or_path}'s vision tower."
             )
-    processor = load_processor(name_or_path, pool_grid=pool_grid, anyres=anyres, system_prompt=system_prompt)
+    processor = load_processor(
+        name_or_path,
+        pool_grid=pool_grid,
+        anyres=anyres,
+        system_prompt=system_prompt,
+        max_image_side=max_image_side,
+        label_rule=label_rule,
+    )
     return LlavaOnevisionParts(
         llava=llava,
         processor=processor,
@@ -206,19 +229,33 @@ def check_expert_tower(expert: AnomalyExpert, llm: LlavaOnevisionParts) -> None:
 
 def build_anomaly_ov(
     llm: LlavaOnevisionParts,
-    expert: AnomalyExpert,
+    expert: AnomalyExpert | None,
     lora: LoraConfig | None = None,
 ) -> AnomalyOVBundle:
     """Assembles Anomaly-OV from a loaded LLaVA-OneVision, an expert and optional LoRA settings.
 
     Args:
         llm: The LLaVA-OneVision checkpoint and its processor (:func:`build_llm`).
-        expert: The anomaly expert; it is moved to the vision tower's device and frozen.
+        expert: The anomaly expert; it is moved to the vision tower's device and frozen. None
+            (``model/expert=none``) gives plain LLaVA-OneVision: no severity text, no anomaly tokens, and a
+            processor that reserves no positions for them.
         lora: LoRA settings for the LLM, or None (no adapter).
 
     Returns:
         The model and its processor.
     """
+    if lora is not None:
+        apply_lora(llm.llava, lora)
+    if expert is None:
+        processor = llm.processor.without_expert_tokens()
+        model = AnomalyOV(
+            llava=llm.llava,
+            expert=None,
+            level_layers=(),
+            placeholders=processor.placeholders,
+            severity_ids={},
+        )
+        return AnomalyOVBundle(model=model, processor=processor)
     if llm.processor.pool_grid != expert.pool_grid:
         raise ValueError(
             f"the processor reserves positions for pool_grid={llm.processor.pool_grid} but the expert has "
@@ -227,8 +264,6 @@ def build_anomaly_ov(
     check_expert_tower(expert, llm)
     vision_device = next(llm.llava.model.vision_tower.parameters()).device
     expert = expert.to(vision_device)
-    if lora is not None:
-        apply_lora(llm.llava, lora)
     model = AnomalyOV(
         llava=llm.llava,
         expert=expert,

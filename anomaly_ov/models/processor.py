@@ -25,10 +25,11 @@ from tokenizers import AddedToken
 from transformers import BatchFeature, LlavaOnevisionProcessor, PreTrainedTokenizerBase
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     get_anyres_image_grid_shape,
-    image_size_to_num_patches,
 )
 
 from anomaly_ov.data.conversation import TokenizedConversation, tokenize_conversation
+from anomaly_ov.data.crops import anyres_crops
+from anomaly_ov.data.images import RELEASE_MAX_IMAGE_SIDE, limit_side
 from anomaly_ov.data.tokens import (
     ANOMALY_TOKEN,
     DEFAULT_SYSTEM_PROMPT,
@@ -97,6 +98,12 @@ class AnomalyOVProcessor:
         anyres: Encode the image of a single-image sample with AnyRes tiles (LLaVA-OneVision's default);
             False encodes every image as one crop.
         system_prompt: System message of conversations that have none (None: no system message).
+        expert_tokens: Reserve the severity-text and anomaly-token positions after each image (False for
+            plain LLaVA-OneVision, a model without the expert).
+        max_image_side: The release's long-side limit, applied to every image before anything else (the
+            one image reader applies it too; None: off).
+        label_rule: Which tokens are learned: "assistant" (answers and their ``<|im_end|>``) or "release"
+            (LLaVA-NeXT's rule, SPEC §4); see :func:`anomaly_ov.data.conversation.tokenize_conversation`.
     """
 
     def __init__(
@@ -105,6 +112,9 @@ class AnomalyOVProcessor:
         pool_grid: int = 2,
         anyres: bool = True,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        expert_tokens: bool = True,
+        max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
+        label_rule: str = "assistant",
     ) -> None:
         if base.num_image_tokens is None:
             raise ValueError(
@@ -118,10 +128,13 @@ class AnomalyOVProcessor:
         self.pool_grid = pool_grid
         self.anyres = anyres
         self.system_prompt = system_prompt
+        self.expert_tokens = expert_tokens
+        self.max_image_side = max_image_side
+        self.label_rule = label_rule
         missing = [
             token for token in (SEVERITY_TOKEN, ANOMALY_TOKEN) if token not in self.tokenizer.get_vocab()
         ]
-        if missing:
+        if missing and expert_tokens:
             self.tokenizer.add_special_tokens(
                 {
                     "extra_special_tokens": [
@@ -130,12 +143,12 @@ class AnomalyOVProcessor:
                 },
                 replace_extra_special_tokens=False,
             )
-        self.severity_ids = severity_token_ids(self.tokenizer)
+        self.severity_ids = severity_token_ids(self.tokenizer) if expert_tokens else {}
         self.placeholders = PlaceholderTokens(
             image=base.image_token_id,
-            severity=self.tokenizer.convert_tokens_to_ids(SEVERITY_TOKEN),
-            anomaly=self.tokenizer.convert_tokens_to_ids(ANOMALY_TOKEN),
-            severity_slots=max(len(ids) for ids in self.severity_ids.values()),
+            severity=self.tokenizer.convert_tokens_to_ids(SEVERITY_TOKEN) if expert_tokens else None,
+            anomaly=self.tokenizer.convert_tokens_to_ids(ANOMALY_TOKEN) if expert_tokens else None,
+            severity_slots=max(len(ids) for ids in self.severity_ids.values()) if expert_tokens else 0,
         )
         size = self.image_processor.size
         self.crop_size = int(size["height"] if size.get("height") else size["shortest_edge"])
@@ -166,7 +179,27 @@ class AnomalyOVProcessor:
                 f"{self.patch_size}; use an image of at least {self.patch_size}x{self.patch_size} pixels."
             )
 
+    def without_expert_tokens(self) -> "AnomalyOVProcessor":
+        """The same processor for plain LLaVA-OneVision (no severity or anomaly positions)."""
+        return AnomalyOVProcessor(
+            self.base,
+            pool_grid=self.pool_grid,
+            anyres=self.anyres,
+            system_prompt=self.system_prompt,
+            expert_tokens=False,
+            max_image_side=self.max_image_side,
+            label_rule=self.label_rule,
+        )
+
+    @property
+    def reserved_ids(self) -> frozenset[int]:
+        """Ids of every reserved (image, severity, anomaly) position: never labelled, never truncated."""
+        ids = self.placeholders
+        return frozenset(i for i in (ids.image, ids.severity, ids.anomaly) if i is not None)
+
     def _expansion(self, image_tokens: str, tile_grid: tuple[int, int] | None) -> str:
+        if not self.expert_tokens:
+            return image_tokens
         slots = self.placeholders.severity_slots
         anomaly = anomaly_token_count(tile_grid, self.pool_grid)
         return image_tokens + SEVERITY_TOKEN * slots + ANOMALY_TOKEN * anomaly
@@ -192,31 +225,34 @@ class AnomalyOVProcessor:
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         for image, name in zip(images, names, strict=True):
             self.check_image(image, name)
-        images = [image.convert("RGB") for image in images]
-        processor = self.image_processor
-        if len(images) == 1 and self.anyres:
-            batch = processor(images, return_tensors="pt")
-            size = [int(s) for s in batch["image_sizes"][0]]
-            num_crops = image_size_to_num_patches(size, processor.image_grid_pinpoints, self.crop_size)
-            tile_grid = get_anyres_image_grid_shape(size, processor.image_grid_pinpoints, self.crop_size)
-            image_tokens = self.base.replace_image_token(batch, image_idx=0)
-            return EncodedImages(
-                pixel_values=batch["pixel_values"][0, :num_crops],
-                image_sizes=batch["image_sizes"].long(),
-                image_num_crops=torch.tensor([num_crops]),
-                expansions=[self._expansion(image_tokens, tuple(tile_grid))],
+        images = [limit_side(image.convert("RGB"), self.max_image_side) for image in images]
+        single = not (len(images) == 1 and self.anyres)
+        crops = anyres_crops(self.image_processor, images, single_crop=single)
+        # transformers' own image-token count (unpadding, anyres_max_9 downsampling, newlines); a single
+        # crop counts as a view of a multi-image sample.
+        counted = {
+            "batch_num_images": [max(2, len(images))] if single else [1],
+            "image_sizes": crops.image_sizes,
+            "pixel_values": crops.pixel_values[None],
+        }
+        expansions = []
+        for index, size in enumerate(crops.image_sizes):
+            image_tokens = self.base.replace_image_token(counted, image_idx=index)
+            tile_grid = (
+                None
+                if single
+                else tuple(
+                    get_anyres_image_grid_shape(
+                        size, self.image_processor.image_grid_pinpoints, self.crop_size
+                    )
+                )
             )
-        # LLaVA-OneVision encodes each image of a multi-image sample as one square crop. A lone single-crop
-        # image goes through the same path as a two-view sample whose duplicate view is dropped.
-        views = images if len(images) > 1 else [images[0], images[0]]
-        batch = processor([views], return_tensors="pt")
-        count = len(images)
-        image_tokens = [self.base.replace_image_token(batch, image_idx=i) for i in range(count)]
+            expansions.append(self._expansion(image_tokens, tile_grid))
         return EncodedImages(
-            pixel_values=batch["pixel_values"][:count, 0],
-            image_sizes=batch["image_sizes"][:count].long(),
-            image_num_crops=torch.ones(count, dtype=torch.long),
-            expansions=[self._expansion(tokens, None) for tokens in image_tokens],
+            pixel_values=crops.pixel_values,
+            image_sizes=torch.tensor(crops.image_sizes, dtype=torch.long),
+            image_num_crops=torch.tensor(crops.crops_per_image, dtype=torch.long),
+            expansions=expansions,
         )
 
     # ------------------------------------------------------------------ conversations
@@ -249,6 +285,7 @@ class AnomalyOVProcessor:
             system_prompt=self.system_prompt,
             add_generation_prompt=add_generation_prompt,
             source=source,
+            label_rule=self.label_rule,
         )
         return EncodedSample(input_ids=tokens.input_ids, labels=tokens.labels, images=encoded)
 
@@ -326,7 +363,14 @@ class AnomalyOVProcessor:
         """Writes transformers' processor files (tokenizer with the added tokens) and these settings."""
         folder = Path(folder)
         self.base.save_pretrained(folder)
-        settings = {"pool_grid": self.pool_grid, "anyres": self.anyres, "system_prompt": self.system_prompt}
+        settings = {
+            "pool_grid": self.pool_grid,
+            "anyres": self.anyres,
+            "system_prompt": self.system_prompt,
+            "expert_tokens": self.expert_tokens,
+            "max_image_side": self.max_image_side,
+            "label_rule": self.label_rule,
+        }
         (folder / PROCESSOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
 
     @classmethod

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anomaly_ov.data.features import FeatureBatch
 from anomaly_ov.models.expert import AnomalyExpert
-from anomaly_ov.training.checkpoint import (
+from anomaly_ov.checkpoints.training_state import (
     MODEL_FILE,
     latest_checkpoint,
     load_training_state,

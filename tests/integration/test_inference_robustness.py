@@ -20,10 +20,9 @@ from transformers import (
 )
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
-from anomaly_ov.data.images import read_image as load_image
 from anomaly_ov.data.tokens import anomaly_token_count
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
-from anomaly_ov.models.checkpoint import load_anomaly_ov, save_anomaly_ov
+from anomaly_ov.checkpoints.model_folder import load_anomaly_ov, save_anomaly_ov
 
 QUESTION = [{"from": "human", "value": "<image>\nIs there any anomaly in the image?"}]
 
@@ -38,32 +37,6 @@ def _one_thread():
 
 
 # ------------------------------------------------------------------------------------------------ image files
-
-
-def test_load_image_applies_the_exif_orientation(tmp_path):
-    # stored 40 wide x 20 high, red on the left half; orientation 6 = "rotate 90 degrees clockwise to view"
-    stored = np.zeros((20, 40, 3), dtype=np.uint8)
-    stored[:, :20, 0] = 255
-    image = Image.fromarray(stored)
-    exif = image.getexif()
-    exif[0x0112] = 6
-    image.save(tmp_path / "camera.jpg", exif=exif, quality=95)
-
-    upright = load_image(tmp_path / "camera.jpg")
-    assert upright.size == (20, 40)  # (width, height) as viewers show it
-    pixels = np.asarray(upright).astype(int)
-    # clockwise rotation puts the stored left half on top
-    assert pixels[:15, :, 0].mean() > 200 and pixels[25:, :, 0].mean() < 50
-
-
-def test_load_image_scales_sixteen_bit_grayscale_to_eight_bits(tmp_path):
-    values = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
-    Image.fromarray(values).save(tmp_path / "depth.png")
-    assert Image.open(tmp_path / "depth.png").mode.startswith("I")
-
-    rgb = np.asarray(load_image(tmp_path / "depth.png"))
-    assert rgb.shape == (32, 32, 3) and (rgb[..., 0] == rgb[..., 2]).all()
-    np.testing.assert_array_equal(rgb[..., 0], np.round(values / 257.0).astype(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------- llava-hf shape

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import LlavaOnevisionProcessor
+from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 
+from anomaly_ov.checkpoints.model_folder import load_anomaly_ov, save_anomaly_ov
 from anomaly_ov.data.tokens import ANOMALY_TOKEN, SEVERITY_TOKEN, anomaly_token_count
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
 from anomaly_ov.models.anomaly_ov import AnomalyOV
-from anomaly_ov.models.checkpoint import load_anomaly_ov, save_anomaly_ov
 from anomaly_ov.models.processor import AnomalyOVProcessor, severity_token_ids
 
 QUESTION = "Is there any anomaly in the image?"
@@ -382,12 +382,50 @@ def test_loss_counts_only_labelled_positions(pipeline):
     batch = processor([turns], [[_image(64, 64, seed=16)]], add_generation_prompt=False, padding_side="right")
     with torch.no_grad():
         output = model(**batch)
+        full = model(**{k: v for k, v in batch.items() if k != "labels"})
+        reference = model.llava(
+            inputs_embeds=output.embedding.inputs_embeds,
+            attention_mask=output.embedding.attention_mask,
+            position_ids=output.embedding.position_ids,
+            labels=output.embedding.labels,
+            use_cache=False,
+        )
     labels = batch["labels"][0]
     assert (labels[batch["input_ids"][0] >= model.placeholders.image] == -100).all()
-    shift_logits, shift_labels = output.logits[0, :-1], labels[1:]
+    shift_logits, shift_labels = full.logits[0, :-1], labels[1:]
     keep = shift_labels != -100
+    assert 0 < int(keep.sum()) < len(keep) // 4  # most positions are image tokens without labels
+    # the vocabulary projection is computed at the labelled positions only, with the same values
+    assert output.logits.shape == (int(keep.sum()), full.logits.shape[-1])
+    torch.testing.assert_close(output.logits, shift_logits[keep])
     expected = F.cross_entropy(shift_logits[keep], shift_labels[keep])
     torch.testing.assert_close(output.loss, expected)
+    # transformers' own full-logits loss, 1e-5 relative
+    torch.testing.assert_close(output.loss, reference.loss, rtol=1e-5, atol=0)
+
+
+def test_loss_without_any_label_is_zero_with_a_graph(pipeline):
+    model, processor = pipeline.model, pipeline.processor
+    batch = processor([[{"from": "human", "value": f"<image>\n{QUESTION}"}]], [[_image(64, 64, seed=3)]])
+    batch["labels"] = torch.full_like(batch["input_ids"], -100)
+    output = model(**batch)
+    assert output.loss.item() == 0.0 and output.loss.requires_grad == any(
+        p.requires_grad for p in model.parameters()
+    )
+
+
+def test_logits_to_keep_gives_the_last_positions(pipeline):
+    model, processor = pipeline.model, pipeline.processor
+    batch = processor(
+        [[{"from": "human", "value": f"<image>\n{QUESTION}"}]] * 2,
+        [[_image(64, 64, seed=4)], [_image(80, 120, seed=5)]],
+    )
+    batch.pop("labels")
+    with torch.no_grad():
+        full = model(**batch).logits
+        last = model(**batch, logits_to_keep=1).logits
+    assert last.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(last, full[:, -1:])
 
 
 def test_bfloat16_forward_runs(tiny_zoo):
@@ -446,7 +484,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_zoo, tmp_path, base_we
             )
         )
     assert torch.equal(before, after.logits)
-    assert AnomalyOV.from_pretrained(folder).expert.config == model.expert.config
+    assert load_anomaly_ov(folder).model.expert.config == model.expert.config
 
 
 @pytest.mark.parametrize("lora", ["none", "default"])
@@ -479,15 +517,15 @@ def test_trainable_parameters_follow_the_lora_option(tiny_zoo, lora):
 
 
 def test_an_expert_trained_on_another_tower_is_refused(tiny_zoo, tmp_path):
-    from anomaly_ov.models import AnomalyExpert
-    from anomaly_ov.models.builders import build_vision_tower
+    from anomaly_ov.models import AnomalyExpert, ExpertConfig
+    from anomaly_ov.models.builders import build_llava_onevision_tower, build_siglip_tower
     from anomaly_ov.models.mllm_builders import build_anomaly_ov, build_llm
 
     levels = [2, 3, 4, 5]
-    own = build_vision_tower("llava_onevision", str(tiny_zoo.llava_ov), levels)
-    other = build_vision_tower("siglip", str(tiny_zoo.siglip), levels)  # same shapes, other weights
+    own = build_llava_onevision_tower(str(tiny_zoo.llava_ov), levels)
+    other = build_siglip_tower(str(tiny_zoo.siglip), levels)  # same shapes, other weights
     torch.manual_seed(0)
-    expert = AnomalyExpert(vision_dim=64, expert_dim=32, grid=8)
+    expert = AnomalyExpert(ExpertConfig(vision_dim=64, expert_dim=32, grid=8))
     expert.tower_record = own.record(str(tiny_zoo.llava_ov))
     path = tmp_path / "expert.safetensors"
     expert.save(path)
@@ -512,3 +550,33 @@ def test_an_expert_trained_on_another_tower_is_refused(tiny_zoo, tmp_path):
     # An expert without a record (a released .pth, a fresh one) is not checked.
     foreign.tower_record = None
     build_anomaly_ov(llm, foreign)
+
+
+def test_without_expert_logits_equal_transformers_llava_onevision(tiny_zoo):
+    """model/expert=none is plain LLaVA-OneVision: same logits as transformers' model on the same inputs."""
+    plain = AnomalyOVPipeline.from_config(_config(tiny_zoo, "model/expert=none"))
+    model, processor = plain.model, plain.processor
+    assert model.expert is None and processor.placeholders.severity is None
+    image = _image(80, 120, seed=21)
+    batch = processor([[{"from": "human", "value": f"<image>\n{QUESTION}"}]], [[image]])
+    ids = batch["input_ids"][0].tolist()
+    assert ids.count(processor.placeholders.image) > 0
+    assert set(ids) & set(tiny_zoo_reserved(processor)) == set()
+    reference_model = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_zoo.root / "llava_ov").eval()
+    base = LlavaOnevisionProcessor.from_pretrained(tiny_zoo.root / "llava_ov")
+    reference_inputs = base.image_processor([image], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(**_inputs(batch)).logits
+        theirs = reference_model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=reference_inputs["pixel_values"],
+            image_sizes=reference_inputs["image_sizes"],
+        ).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def tiny_zoo_reserved(processor) -> list[int]:
+    """Ids of the expert's placeholder tokens, if the tokenizer knows them."""
+    vocab = processor.tokenizer.get_vocab()
+    return [vocab[token] for token in (SEVERITY_TOKEN, ANOMALY_TOKEN) if token in vocab]

@@ -6,7 +6,8 @@ Layout::
     <folder>/config.yaml              the resolved model config (model.llm / model.expert / model.lora /
                                       the builder targets); local paths made absolute
     <folder>/projector.safetensors    LLaVA-OneVision's projector and image-newline embedding
-    <folder>/expert.safetensors       the anomaly expert (AnomalyExpert.save: weights + constructor values)
+    <folder>/expert.safetensors       the anomaly expert (weights + its ExpertConfig + tower record); absent
+                                      for plain LLaVA-OneVision (config.yaml's model.expert is null)
     <folder>/adapter/                 PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),
                                       only when the LLM has one
     <folder>/base/                    the full LLaVA-OneVision weights (without LoRA) and processor, only
@@ -103,7 +104,13 @@ def save_anomaly_ov(
     }
     projector["image_newline"] = llava.model.image_newline.data
     save_file({k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(folder / PROJECTOR_NAME))
-    model.expert.save(folder / EXPERT_NAME)
+    if model.expert is not None:
+        model.expert.save(folder / EXPERT_NAME)
+    if (model.expert is None) != (resolved.expert is None):
+        raise ValueError(
+            f"config.expert is {'null' if resolved.expert is None else 'set'} but the model "
+            f"{'has no' if model.expert is None else 'has an'} expert."
+        )
 
     if has_lora:
         language_model = llava.model.language_model
@@ -132,6 +139,7 @@ def save_anomaly_ov(
         "version": VERSION,
         "base": BASE_DIR if base_weights else resolved.llm.name_or_path,
         "lora": has_lora,
+        "expert": model.expert is not None,
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
@@ -170,11 +178,19 @@ def load_anomaly_ov(
     build = config.copy()
     if (folder / BASE_DIR).is_dir():
         build.llm.name_or_path = str(folder / BASE_DIR)
-    build.expert.checkpoint = str(folder / EXPERT_NAME)
-    build.expert.official_checkpoint = None
+    has_expert = bool(manifest.get("expert", True))
+    if has_expert:
+        expert_path = folder / EXPERT_NAME
+        if not expert_path.is_file():
+            raise FileNotFoundError(
+                f"{folder}: {MANIFEST_NAME} announces an expert but {EXPERT_NAME} is missing."
+            )
+        build.expert.checkpoint = str(expert_path)
+        build.expert.official_checkpoint = None
     if dtype is not None:
         build.llm.dtype = dtype
-        build.expert.dtype = dtype
+        if has_expert:
+            build.expert.dtype = dtype
     if device_map is not None:
         build.llm.device_map = device_map
     bundle = instantiate(build, _convert_="all")
