@@ -129,7 +129,7 @@ def read_mixture(yaml_path: str | Path) -> list[MixtureEntry]:
         except ValueError as error:
             raise MixtureError(f"{where}: {error}") from None
         json_path = Path(item["json_path"]).expanduser()
-        json_path = json_path if json_path.is_absolute() else path.parent / json_path
+        json_path = (json_path if json_path.is_absolute() else path.parent / json_path).resolve()
         if not json_path.is_file():
             raise MixtureError(f"{where}: json_path {json_path} does not exist.")
         entries.append(MixtureEntry(json_path, strategy))

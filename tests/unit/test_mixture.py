@@ -183,3 +183,43 @@ def test_record_table_round_trips_records():
     with pytest.raises(IndexError):
         table[2]
     assert len(RecordTable([])) == 0
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _placed(tmp_path, name):
+    """A copy of a shipped mixture YAML at data/mixtures/ of a fake checkout, with every JSON it names."""
+    import yaml
+
+    folder = tmp_path / "data" / "mixtures"
+    folder.mkdir(parents=True)
+    text = (REPO / "data" / "mixtures" / name).read_text()
+    for item in yaml.safe_load(text)["datasets"]:
+        target = folder / item["json_path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps([_record(0), _record(1, image=False)]))
+    return _write(folder / name, text)
+
+
+def test_the_release_mixture_yaml_reads(tmp_path):
+    entries = read_mixture(_placed(tmp_path, "anomaly_instruct_release.yaml"))
+    names = [e.json_path.name for e in entries]
+    assert len(entries) == 17 and len(set(names)) == 17
+    assert names[:6] == [
+        "anomaly_shapenet_zero_shot2.json",
+        "bmad_zero_shot.json",
+        "mvtec_zero_shot.json",
+        "mvtec3d_zero_shot2.json",
+        "real3d_zero_shot2.json",
+        "webad_processed.json",
+    ]
+    assert names[-1] == "llava_med_instruct_60k_im.json"
+    assert {e.sampling_strategy for e in entries} == {"all"}
+    assert all(e.json_path.is_relative_to((tmp_path / "datasets").resolve()) for e in entries)
+
+
+def test_the_synthetic_mixture_yaml_loads(tmp_path):
+    mixture = load_mixture(_placed(tmp_path, "synthetic.yaml"))
+    assert len(mixture.records) == 2
+    assert mixture.records[0].source == str((tmp_path / "outputs" / "synthetic" / "instruct.json").resolve())
