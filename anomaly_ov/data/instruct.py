@@ -189,7 +189,8 @@ class LengthPlan:
         records: The records that stay (those whose reserved positions fit), in order.
         lengths: Token length of each kept record, before truncation.
         multimodal: Whether each kept record has images (for modality-grouped sampling).
-        dropped: Records left out because image tokens would be cut, with the reason.
+        dropped: Records left out, with the reason: image tokens would be cut, or (``skip_bad_records``) an
+            image is missing or unreadable.
         truncated: ``(source, index, tokens cut)`` of kept records truncated in text only.
     """
 
@@ -207,6 +208,7 @@ def plan_lengths(
     reserved_ids: Sequence[int],
     model_max_length: int | None = None,
     max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
+    skip_bad_records: bool = False,
 ) -> LengthPlan:
     """The pre-pass: every record's exact token length; drops records whose image tokens would be cut.
 
@@ -217,12 +219,15 @@ def plan_lengths(
         reserved_ids: Token ids of the reserved positions (image, severity and anomaly placeholders).
         model_max_length: Longest sample in tokens (None: no limit).
         max_image_side: The long-side limit applied before the sizes are handed to ``length_fn``.
+        skip_bad_records: Drop (and list in ``dropped``) records with a missing or unreadable image instead
+            of raising.
 
     Returns:
         The kept records, their lengths and modality, the dropped and the truncated ones.
 
     Raises:
-        BadInputError: If an image is missing or unreadable (the message names the file and the record).
+        BadInputError: If an image is missing or unreadable (the message names the file and the record),
+            unless ``skip_bad_records``.
     """
     reserved = frozenset(reserved_ids)
     root = Path(image_root)
@@ -232,7 +237,13 @@ def plan_lengths(
     dropped: list[SkippedRecord] = []
     truncated: list[tuple[str, int, int]] = []
     for record in records:
-        sizes = [_named(record, image_size, root / path, max_image_side) for path in record.images]
+        try:
+            sizes = [_named(record, image_size, root / path, max_image_side) for path in record.images]
+        except BadInputError as error:
+            if not skip_bad_records:
+                raise
+            dropped.append(SkippedRecord(record.source, record.index, str(error)))
+            continue
         ids = length_fn(record, sizes)
         total = len(ids)
         if model_max_length is not None and total > model_max_length:

@@ -127,6 +127,15 @@ def test_plan_lengths_names_a_missing_image_and_its_record(tmp_path):
         plan_lengths([_rec(5)], tmp_path, _toy_length_fn, [RESERVED])
     with pytest.raises(BadInputError, match=f"{SOURCE}: record 5"):
         plan_lengths([_rec(5)], tmp_path, _toy_length_fn, [RESERVED])
+    _image_file(tmp_path / "b.png", (100, 100))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    records = [_rec(5), _rec(6, images=("b.png",)), _rec(7, images=("broken.png",))]
+    plan = plan_lengths(records, tmp_path, _toy_length_fn, [RESERVED], skip_bad_records=True)
+    assert [r.index for r in plan.records] == [6]
+    assert [(d.index, "a.png" in d.reason, "not a readable image" in d.reason) for d in plan.dropped] == [
+        (5, True, False),
+        (7, False, True),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -306,3 +315,18 @@ def test_sampler_single_modality_and_bad_arguments():
         LengthGroupedSampler(lengths, [True] * 9, 2)
     with pytest.raises(ValueError, match="rank=2"):
         LengthGroupedSampler(lengths, [True] * 10, 2, world_size=2, rank=2)
+
+
+def test_dataset_in_dataloader_workers_over_an_arrow_record_table(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from anomaly_ov.data.mixture import RecordTable
+
+    _image_file(tmp_path / "a.png", (300, 200))
+    records = RecordTable([_rec(0), _rec(1, images=(), answer_turns=2), _rec(2)])
+    dataset = InstructDataset(records, tmp_path, _toy_encode([]), reserved_ids=[RESERVED])
+    sampler = LengthGroupedSampler([11, 12, 11], [True, False, True], batch_size=1, seed=0)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=1)
+    samples = list(loader)
+    assert sorted(s.index for s in samples) == [0, 1, 2]
+    assert {s.index: len(s.input_ids) for s in samples} == {0: 11, 1: 12, 2: 11}
