@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write the synthetic anomaly dataset (the embedded default)",
     ),
     "make-tiny-zoo": (
-        "anomaly_ov.models.zoo",
+        "anomaly_ov.zoo",
         "build the tiny offline model zoo (vision towers, LLM, LLaVA-OV)",
     ),
     "chat": ("anomaly_ov.inference.chat", "multi-turn chat about one image; prints the expert's score"),

@@ -21,7 +21,7 @@ def project_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory):
     """The tiny model zoo (SigLIP-like, CLIP-like, open_clip towers, tokenizer, LLaVA-OneVision)."""
-    from anomaly_ov.models.zoo import build_tiny_zoo
+    from anomaly_ov.zoo import build_tiny_zoo
 
     return build_tiny_zoo(tmp_path_factory.mktemp("zoo"), seed=0)
 

@@ -19,8 +19,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from anomaly_ov.models.tokenizer import SPECIAL_TOKENS
-from anomaly_ov.models.zoo import (
+from anomaly_ov.zoo import (
     MANIFEST_NAME,
     ZOO_FOLDERS,
     build_tiny_llava_ov,
@@ -29,6 +28,7 @@ from anomaly_ov.models.zoo import (
     cli_main,
     load_tiny_open_clip,
 )
+from anomaly_ov.zoo.tokenizer import SPECIAL_TOKENS
 
 PROMPT = "<|im_start|>user\n<image>\nIs there any anomaly in the image?<|im_end|>\n<|im_start|>assistant\n"
 

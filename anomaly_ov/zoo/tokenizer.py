@@ -19,14 +19,18 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from tokenizers.models import BPE
 from transformers import Qwen2TokenizerFast
 
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-IMAGE_TOKEN = "<image>"
-VIDEO_TOKEN = "<video>"
-SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, IMAGE_TOKEN, VIDEO_TOKEN)
+from anomaly_ov.data.tokens import (
+    DEFAULT_SYSTEM_PROMPT,
+    IM_END,
+    IM_START,
+    IMAGE_PLACEHOLDER,
+    SEVERITY_WORDS,
+    severity_text,
+)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+ENDOFTEXT = "<|endoftext|>"
+VIDEO_TOKEN = "<video>"
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, IMAGE_PLACEHOLDER, VIDEO_TOKEN)
 
 # Qwen2's pre-tokenizer split (the same pattern transformers' Qwen2Tokenizer builds), so that words,
 # digits and punctuation are cut exactly where the real tokenizer cuts them.
@@ -60,9 +64,7 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-_SEVERITY_TEXT: tuple[str, ...] = tuple(
-    f"with {adverb} suspicious features: " for adverb in ("slightly", "moderately", "highly")
-)
+_SEVERITY_TEXT: tuple[str, ...] = tuple(severity_text(word) for word in SEVERITY_WORDS)
 
 _CHAT_TEXT: tuple[str, ...] = (
     "system\nYou are a helpful assistant.",
@@ -190,7 +192,7 @@ def train_tiny_tokenizer(vocab_size: int = 2048) -> Qwen2TokenizerFast:
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
         extra_special_tokens=[IM_START, IM_END],
-        image_token=IMAGE_TOKEN,
+        image_token=IMAGE_PLACEHOLDER,
         video_token=VIDEO_TOKEN,
         chat_template=CHATML_TEMPLATE,
         model_max_length=32768,
