@@ -204,6 +204,60 @@ class AnomalyOVProcessor:
         anomaly = anomaly_token_count(tile_grid, self.pool_grid)
         return image_tokens + SEVERITY_TOKEN * slots + ANOMALY_TOKEN * anomaly
 
+    def image_expansions(self, image_sizes: Sequence[Sequence[int]]) -> list[str]:
+        """The placeholder expansion of each image of one sample, from the image sizes alone (no pixels).
+
+        Args:
+            image_sizes: (height, width) of each image after the long-side limit.
+
+        Returns:
+            One string per image: its image tokens (transformers' own count: unpadding, ``anyres_max_9``
+            downsampling, newlines), then the severity slots and the anomaly-token slots.
+        """
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        single = not (len(sizes) == 1 and self.anyres)
+        side = self.crop_size
+        # replace_image_token reads only the crop side from pixel_values; a single crop counts as a view of
+        # a multi-image sample.
+        counted = {
+            "batch_num_images": [max(2, len(sizes))] if single else [1],
+            "image_sizes": sizes,
+            "pixel_values": torch.empty(1, 1, 0, side, side),
+        }
+        pinpoints = self.image_processor.image_grid_pinpoints
+        expansions = []
+        for index, size in enumerate(sizes):
+            image_tokens = self.base.replace_image_token(counted, image_idx=index)
+            tile_grid = None if single else tuple(get_anyres_image_grid_shape(size, pinpoints, side))
+            expansions.append(self._expansion(image_tokens, tile_grid))
+        return expansions
+
+    def token_ids(
+        self,
+        turns: Sequence[Mapping[str, str]],
+        image_sizes: Sequence[Sequence[int]],
+        source: str = "conversation",
+    ) -> list[int]:
+        """Token ids of a training conversation from its image sizes only (no decoding, no pixels).
+
+        Exactly the ``input_ids`` :meth:`encode` gives for images of these sizes; stage 2 uses it to plan
+        lengths (truncation, length-grouped batches) before any image is read.
+
+        Args:
+            turns: The conversation.
+            image_sizes: (height, width) of each image after the long-side limit (header sizes).
+            source: Record name for error messages.
+        """
+        tokens = tokenize_conversation(
+            turns,
+            self.tokenizer,
+            image_expansions=self.image_expansions(image_sizes) if len(image_sizes) > 0 else (),
+            system_prompt=self.system_prompt,
+            source=source,
+            label_rule=self.label_rule,
+        )
+        return tokens.input_ids
+
     def encode_images(
         self, images: Sequence[Image.Image], names: Sequence[str] | None = None
     ) -> EncodedImages:
@@ -228,26 +282,7 @@ class AnomalyOVProcessor:
         images = [limit_side(image.convert("RGB"), self.max_image_side) for image in images]
         single = not (len(images) == 1 and self.anyres)
         crops = anyres_crops(self.image_processor, images, single_crop=single)
-        # transformers' own image-token count (unpadding, anyres_max_9 downsampling, newlines); a single
-        # crop counts as a view of a multi-image sample.
-        counted = {
-            "batch_num_images": [max(2, len(images))] if single else [1],
-            "image_sizes": crops.image_sizes,
-            "pixel_values": crops.pixel_values[None],
-        }
-        expansions = []
-        for index, size in enumerate(crops.image_sizes):
-            image_tokens = self.base.replace_image_token(counted, image_idx=index)
-            tile_grid = (
-                None
-                if single
-                else tuple(
-                    get_anyres_image_grid_shape(
-                        size, self.image_processor.image_grid_pinpoints, self.crop_size
-                    )
-                )
-            )
-            expansions.append(self._expansion(image_tokens, tile_grid))
+        expansions = self.image_expansions(crops.image_sizes)
         return EncodedImages(
             pixel_values=crops.pixel_values,
             image_sizes=torch.tensor(crops.image_sizes, dtype=torch.long),

@@ -580,3 +580,16 @@ def tiny_zoo_reserved(processor) -> list[int]:
     """Ids of the expert's placeholder tokens, if the tokenizer knows them."""
     vocab = processor.tokenizer.get_vocab()
     return [vocab[token] for token in (SEVERITY_TOKEN, ANOMALY_TOKEN) if token in vocab]
+
+
+@pytest.mark.parametrize("sizes", [[(64, 64)], [(80, 120)], [(200, 90)], [(64, 64), (80, 120)]])
+def test_token_ids_from_sizes_equal_the_encoded_ids(pipeline, sizes):
+    """Stage 2 plans lengths from image headers: the pixel-free ids equal those of a full encoding."""
+    processor = pipeline.processor
+    images = [_image(h, w, seed=h + w) for h, w in sizes]
+    turns = [
+        {"from": "human", "value": "<image>\n" * len(images) + QUESTION},
+        {"from": "gpt", "value": "No."},
+    ]
+    encoded = processor.encode(turns, images)
+    assert processor.token_ids(turns, sizes) == encoded.input_ids
