@@ -12,16 +12,8 @@ One class, "brain"; no masks.
 """
 
 import sys
-from pathlib import Path
 
-from anomaly_ov.data.manifest import prepare_cli, read_label_folders
-from anomaly_ov.data.zsad import AnomalySample
-
-
-def read_br35h(root: Path) -> list[AnomalySample]:
-    """The yes/ (anomalous) and no/ (normal) images."""
-    return read_label_folders(root, "brain")
-
+from anomaly_ov.data.prepare.command import prepare_main
 
 if __name__ == "__main__":
-    sys.exit(prepare_cli("Br35H", read_br35h))
+    sys.exit(prepare_main("br35h"))

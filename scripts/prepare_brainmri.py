@@ -11,17 +11,8 @@ One class, "brain"; no masks.
 """
 
 import sys
-from pathlib import Path
 
-from anomaly_ov.data.manifest import prepare_cli, read_label_folders
-from anomaly_ov.data.zsad import AnomalySample
-
-
-def read_brainmri(root: Path) -> list[AnomalySample]:
-    """The yes/ (anomalous) and no/ (normal) images."""
-    nested = root / "brain_tumor_dataset"
-    return read_label_folders(nested if nested.is_dir() else root, "brain")
-
+from anomaly_ov.data.prepare.command import prepare_main
 
 if __name__ == "__main__":
-    sys.exit(prepare_cli("BrainMRI", read_brainmri))
+    sys.exit(prepare_main("brainmri"))

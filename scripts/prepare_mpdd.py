@@ -9,16 +9,8 @@ MPDD uses MVTec AD's layout, read by :class:`~anomaly_ov.data.zsad.MVTecSource` 
 """
 
 import sys
-from pathlib import Path
 
-from anomaly_ov.data.manifest import prepare_cli
-from anomaly_ov.data.zsad import AnomalySample, MVTecSource
-
-
-def read_mpdd(root: Path) -> list[AnomalySample]:
-    """The test images of every MPDD class, anomalous ones with their masks."""
-    return MVTecSource(root, split="test").read()
-
+from anomaly_ov.data.prepare.command import prepare_main
 
 if __name__ == "__main__":
-    sys.exit(prepare_cli("MPDD", read_mpdd))
+    sys.exit(prepare_main("mpdd"))

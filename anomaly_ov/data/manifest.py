@@ -1,8 +1,8 @@
 """The generic anomaly-detection manifest: one JSON line per image (image, label, optional mask, class).
 
 Datasets whose published layout is not MVTec AD's or VisA's (BTAD, AITEX, ELPV, BrainMRI, HeadCT, Br35H;
-MPDD too, for uniformity) are converted once by ``scripts/prepare_<dataset>.py`` into this manifest, which
-every part of the project then reads the same way.
+MPDD too, for uniformity) are converted once by ``scripts/prepare_<dataset>.py``
+(:mod:`anomaly_ov.data.prepare`) into this manifest, which every part of the project then reads the same way.
 
 Format (JSON lines, UTF-8), one object per line::
 
@@ -16,22 +16,16 @@ Format (JSON lines, UTF-8), one object per line::
 * ``class``: class name; metrics are computed per class and averaged over classes.
 """
 
-import argparse
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomaly_ov.data.zsad import (
-    IMAGE_SUFFIXES,
     AnomalySample,
-    BadInputError,
     load_table,
     sample,
-    screen_samples,
-    write_skipped,
 )
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("image", "label", "mask", "class")
@@ -131,77 +125,3 @@ class ManifestSource:
         if not chosen:
             raise ValueError(f"{self.path}: no sample of the classes {sorted(wanted)}")
         return chosen
-
-
-def read_label_folders(
-    root: Path, class_name: str, normal: str = "no", anomalous: str = "yes"
-) -> list[AnomalySample]:
-    """Samples of a dataset laid out as one folder per label (no masks), e.g. ``yes/`` and ``no/``.
-
-    Args:
-        root: The folder holding the two label folders.
-        class_name: The dataset's single class.
-        normal: Folder of the normal images.
-        anomalous: Folder of the anomalous images.
-
-    Raises:
-        FileNotFoundError: If a label folder is missing or empty.
-    """
-    samples = []
-    for folder, label in ((normal, 0), (anomalous, 1)):
-        directory = root / folder
-        if not directory.is_dir():
-            raise FileNotFoundError(f"label folder not found: {directory}")
-        images = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"no images in {directory}")
-        samples += [sample(image, label, class_name) for image in images]
-    return samples
-
-
-def prepare_cli(
-    dataset: str,
-    read: Callable[[Path], list[AnomalySample]],
-    argv: Sequence[str] | None = None,
-) -> int:
-    """The command line shared by ``scripts/prepare_<dataset>.py``: read a layout, check it, write a manifest.
-
-    Args:
-        dataset: Dataset name (help text and messages).
-        read: Reads the dataset's own layout under a root folder into samples.
-        argv: Arguments (None: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status: 0 on success, 1 on bad input.
-    """
-    parser = argparse.ArgumentParser(description=f"Writes the anomaly-ov manifest of {dataset}.")
-    parser.add_argument("--root", required=True, type=Path, help=f"the extracted {dataset} folder")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="manifest path (default: <root>/manifest.jsonl)"
-    )
-    parser.add_argument("--no-check", action="store_true", help="skip decoding every image and mask")
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="leave unusable images out and list them in <manifest>.skipped.json instead of failing",
-    )
-    args = parser.parse_args(argv)
-    out = args.out or args.root / "manifest.jsonl"
-    try:
-        samples = read(args.root)
-        skipped: list = []
-        if not args.no_check:
-            samples, skipped = screen_samples(samples, skip_bad=args.skip_bad, decode=True)
-    except (BadInputError, FileNotFoundError, ValueError) as error:
-        print(f"prepare {dataset}: {error}", file=sys.stderr)
-        return 1
-    write_manifest(samples, out)
-    if skipped:
-        write_skipped(skipped, out.with_suffix(".skipped.json"))
-    classes = sorted({item.class_name for item in samples})
-    anomalous = sum(item.label for item in samples)
-    masks = sum(item.mask is not None for item in samples)
-    report = f"; {len(skipped)} unusable files in {out.with_suffix('.skipped.json')}" if skipped else ""
-    counts = f"{len(samples)} images ({anomalous} anomalous, {masks} masks)"
-    print(f"{dataset}: {counts}, classes {classes} -> {out}{report}")
-    return 0

@@ -1,7 +1,6 @@
-"""Zero-shot AD datasets: published layouts, the manifest, the preparation scripts, bad input, protocol."""
+"""Zero-shot AD datasets: published layouts, manifest, bad input, protocol (preparation: test_prepare_*)."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -42,13 +41,6 @@ def _truncated(path: Path) -> Path:
     Image.fromarray(noise).save(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return path
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, PROJECT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------- published layouts
@@ -234,118 +226,6 @@ def test_synthetic_data_config_matches_the_generator(synthetic_data):
     config = OmegaConf.load(PROJECT / "configs" / "data" / "synthetic.yaml")
     assert sorted(config.sources.synthetic_heldout.classes) == sorted(synthetic_data.heldout_categories)
     assert sorted(config.sources.synthetic_seen.classes) == sorted(synthetic_data.train_categories)
-
-
-# --------------------------------------------------------------------------------- preparation scripts
-
-
-def _check_prepared(script: str, root: Path, expected: list[tuple[str, int, bool]], capsys) -> list:
-    module = _script(script)
-    reader = next(getattr(module, name) for name in dir(module) if name.startswith("read_"))
-    dataset = script.removeprefix("prepare_")
-    assert module.prepare_cli(dataset, reader, ["--root", str(root)]) == 0
-    assert "manifest.jsonl" in capsys.readouterr().out
-    samples = read_manifest(root / "manifest.jsonl")
-    assert sorted((s.image.name, s.label, s.mask is not None) for s in samples) == sorted(expected)
-    return samples
-
-
-def test_prepare_btad(tmp_path, capsys):
-    for product, suffix in (("01", ".bmp"), ("02", ".png")):
-        _png(tmp_path / product / "train" / "ok" / f"0000{suffix}")
-        _png(tmp_path / product / "test" / "ok" / f"0001{suffix}")
-        _png(tmp_path / product / "test" / "ko" / f"0002{suffix}")
-        _png(tmp_path / product / "ground_truth" / "ko" / f"0002{suffix}", mode="L", value=255)
-    samples = _check_prepared(
-        "prepare_btad",
-        tmp_path,
-        [("0001.bmp", 0, False), ("0002.bmp", 1, True), ("0001.png", 0, False), ("0002.png", 1, True)],
-        capsys,
-    )
-    assert {s.class_name for s in samples} == {"01", "02"}
-
-
-def test_prepare_mpdd(tmp_path, capsys):
-    _png(tmp_path / "tubes" / "train" / "good" / "000.png")
-    _png(tmp_path / "tubes" / "test" / "good" / "001.png")
-    _png(tmp_path / "tubes" / "test" / "anomalous" / "002.png")
-    _png(tmp_path / "tubes" / "ground_truth" / "anomalous" / "002_mask.png", mode="L", value=255)
-    _check_prepared("prepare_mpdd", tmp_path, [("001.png", 0, False), ("002.png", 1, True)], capsys)
-
-
-def test_prepare_aitex_merges_multiple_masks(tmp_path, capsys):
-    size = (32, 8)
-    _png(tmp_path / "NODefect_images" / "2311694-2040n7u" / "0000_000_05.png", size=size)
-    _png(tmp_path / "Defect_images" / "0001_002_00.png", size=size)
-    _png(tmp_path / "Defect_images" / "0044_019_04.png", size=size)
-    _png(tmp_path / "Mask_images" / "0001_002_00_mask.png", size=size, mode="L", value=255)
-    for index, column in ((1, 2), (2, 20)):
-        mask = np.zeros((8, 32), np.uint8)
-        mask[:, column] = 255
-        Image.fromarray(mask).save(tmp_path / "Mask_images" / f"0044_019_04_mask{index}.png")
-    samples = _check_prepared(
-        "prepare_aitex",
-        tmp_path,
-        [("0000_000_05.png", 0, False), ("0001_002_00.png", 1, True), ("0044_019_04.png", 1, True)],
-        capsys,
-    )
-    merged = next(s.mask for s in samples if s.image.stem == "0044_019_04")
-    union = np.asarray(Image.open(merged)) > 0
-    assert union[:, 2].all() and union[:, 20].all() and union.sum() == 16
-
-
-def test_prepare_elpv(tmp_path, capsys):
-    for name in ("cell0001", "cell0002", "cell0003"):
-        _png(tmp_path / "images" / f"{name}.png", mode="L")
-    (tmp_path / "labels.csv").write_text(
-        "images/cell0001.png  1.0  mono\n"
-        "images/cell0002.png  0.0  poly\n"
-        "images/cell0003.png  0.3333333333333333  mono\n"
-    )
-    _check_prepared(
-        "prepare_elpv",
-        tmp_path,
-        [("cell0001.png", 1, False), ("cell0002.png", 0, False), ("cell0003.png", 1, False)],
-        capsys,
-    )
-
-
-@pytest.mark.parametrize(
-    ("script", "nested"), [("prepare_brainmri", "brain_tumor_dataset"), ("prepare_br35h", "")]
-)
-def test_prepare_yes_no_folders(script, nested, tmp_path, capsys):
-    base = tmp_path / nested
-    _png(base / "yes" / "y0.jpg")
-    _png(base / "no" / "no0.jpg")
-    _png(base / "no" / "no1.jpg")
-    _check_prepared(
-        script, tmp_path, [("y0.jpg", 1, False), ("no0.jpg", 0, False), ("no1.jpg", 0, False)], capsys
-    )
-
-
-def test_prepare_headct(tmp_path, capsys):
-    for index in range(3):
-        _png(tmp_path / "head_ct" / "head_ct" / f"{index:03d}.png", mode="L")
-    (tmp_path / "labels.csv").write_text("id, hemorrhage\n0,1\n1,0\n2,1\n")
-    _check_prepared(
-        "prepare_headct",
-        tmp_path,
-        [("000.png", 1, False), ("001.png", 0, False), ("002.png", 1, False)],
-        capsys,
-    )
-
-
-def test_prepare_reports_a_truncated_image(tmp_path, capsys):
-    _png(tmp_path / "yes" / "y0.jpg")
-    _png(tmp_path / "no" / "no0.jpg")
-    _truncated(tmp_path / "no" / "no1.jpg")
-    module = _script("prepare_br35h")
-    assert module.prepare_cli("Br35H", module.read_br35h, ["--root", str(tmp_path)]) == 1
-    assert "no1.jpg" in capsys.readouterr().err
-    assert module.prepare_cli("Br35H", module.read_br35h, ["--root", str(tmp_path), "--skip-bad"]) == 0
-    skipped = json.loads((tmp_path / "manifest.skipped.json").read_text())
-    assert [Path(s["path"]).name for s in skipped] == ["no1.jpg"]
-    assert len(read_manifest(tmp_path / "manifest.jsonl")) == 2
 
 
 def test_sixteen_bit_images_keep_their_range(tmp_path):
