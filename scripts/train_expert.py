@@ -4,134 +4,26 @@
     python scripts/train_expert.py experiment=table2_anomaly_ov    # published recipe
     torchrun --nproc_per_node N scripts/train_expert.py run_dir=... # data parallel (scripts/launch/)
 
-Compose -> seed -> build -> train -> write the resolved config and train_metrics.json into run_dir.
+Composes the config; the recipe is :func:`anomaly_ov.recipes.train_expert.train_expert`.
 """
 
-import json
 import sys
-import time
-from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from anomaly_ov.config import config_dir
 from anomaly_ov.offline import enforce_offline
 
 enforce_offline()
 
 
-def check_resumable(config_path: Path, resolved: dict) -> None:
-    """Refuses to continue a run's checkpoints with another model or preprocessing than it started with.
-
-    Raises:
-        ValueError: Naming what differs from the run's saved ``config.yaml``.
-    """
-    if not config_path.is_file():
-        return
-    earlier = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    pairs = {
-        "model": (earlier.get("model"), resolved["model"]),
-        "features.crops": (earlier.get("features", {}).get("crops"), resolved["features"]["crops"]),
-    }
-    changed = [name for name, (before, now) in pairs.items() if before != now]
-    if changed:
-        raise ValueError(
-            f"{config_path.parent} holds checkpoints trained with another {' and '.join(changed)} (see "
-            f"{config_path}); resuming them would mix two setups under one config. Start a new run_dir, or "
-            "resume with the run's own settings."
-        )
-
-
-def run(cfg: DictConfig) -> dict[str, object]:
-    """Trains the expert described by ``cfg``; returns the training metrics."""
-    from accelerate.utils import broadcast_object_list, gather_object, set_seed
-    from hydra.utils import instantiate
-
-    from anomaly_ov.data.zsad import check_zero_shot, write_skipped
-    from anomaly_ov.training.checkpoint import latest_checkpoint
-    from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
-
-    start = time.perf_counter()
-    accelerator = instantiate(cfg.trainer.accelerator, log_with=cfg.logger.log_with)
-    quiet_other_ranks(accelerator.is_main_process)
-    # Every process must write to the directory of rank 0 (a timestamped default can differ by a second).
-    run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    resolved["run_dir"] = str(run_dir)
-    if cfg.trainer.resume and latest_checkpoint(run_dir) is not None:
-        check_resumable(run_dir / "config.yaml", resolved)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
-    set_seed(cfg.seed)
-
-    sources = {name: instantiate(cfg.data.sources[name]) for name in cfg.data.train}
-    # The run's own evaluation list must be unseen (the evaluation entrypoint checks again).
-    check_zero_shot(sources, list(cfg.data.eval), allow_seen=cfg.allow_seen)
-    samples = [item for source in sources.values() for item in source.read()]
-
-    tower = instantiate(cfg.model.vision).to(accelerator.device)
-    expert = instantiate(cfg.model.expert)
-    expert.tower_record = tower.record(str(cfg.model.vision.name_or_path))
-    distributed = accelerator.num_processes > 1
-    features = instantiate(cfg.features)(
-        tower=tower,
-        tower_spec=resolved["model"]["vision"],
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        barrier=accelerator.wait_for_everyone if distributed else None,
-        all_gather=gather_object if distributed else None,
-    )
-    prepared = features.prepare(samples, skip_bad=cfg.skip_bad_inputs)
-    kept = [samples[i] for i in prepared.kept]
-    if accelerator.is_main_process:
-        write_skipped(prepared.skipped, run_dir / "skipped_files.json")
-    if cfg.logger.log_with:
-        accelerator.init_trackers(
-            cfg.logger.project,
-            config=resolved,
-            init_kwargs={
-                cfg.logger.log_with: {"mode": cfg.logger.mode, "dir": str(run_dir), "name": run_dir.name}
-            },
-        )
-
-    trainer = instantiate(cfg.trainer.fit)(
-        expert=expert,
-        optimizer_factory=instantiate(cfg.optimizer),
-        scheduler_factory=instantiate(cfg.scheduler),
-        accelerator=accelerator,
-        run_dir=run_dir,
-        seed=cfg.seed,
-    )
-    result = trainer.fit(
-        prepared.dataset,
-        prepared.collate_fn,
-        prepared.featurize,
-        labels=[item.label for item in kept],
-        resume=cfg.trainer.resume,
-    )
-    metrics = {
-        "losses": result.losses,
-        "epoch_losses": result.epoch_losses,
-        "steps_per_epoch": result.steps_per_epoch,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "num_samples": len(kept),
-        "num_anomalous": sum(item.label for item in kept),
-        "num_skipped": len(prepared.skipped),
-        "num_processes": accelerator.num_processes,
-        "expert": str(result.expert_path),
-        "seconds": time.perf_counter() - start,
-    }
-    if accelerator.is_main_process:
-        (run_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        print(f"expert: {result.expert_path}\nevaluate: python scripts/eval_zsad.py run_dir={run_dir}")
-    shutdown(accelerator)
-    return metrics
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train_expert")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train_expert")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    # imported after enforce_offline(): the recipe imports transformers and wandb
+    from anomaly_ov.recipes.train_expert import train_expert
+
+    train_expert(cfg)
 
 
 if __name__ == "__main__":

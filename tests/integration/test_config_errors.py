@@ -31,6 +31,15 @@ def test_unknown_key_names_the_key():
     assert "Traceback" not in result.stderr
 
 
+def test_evaluating_without_a_run_or_a_checkpoint_stops_before_any_table(tmp_path):
+    result = _run(["scripts/eval_zsad.py", "debug=tiny", f"paths.output_root={tmp_path}"])
+    assert result.returncode != 0
+    assert "MissingMandatoryValue: eval_zsad needs weights to evaluate: run_dir=<a train_expert run>" in (
+        result.stderr
+    )
+    assert not (tmp_path / "eval").exists()  # no metrics or table of a random expert
+
+
 @pytest.mark.parametrize("command", ["predict", "chat"])
 def test_cli_override_typo_is_reported(command, tmp_path):
     image = tmp_path / "x.png"

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_stage1 import _compose, _paths, _script  # same folder (pytest puts it on sys.path)
+from test_stage1 import _compose, _paths  # same folder (pytest puts it on sys.path)
+
+from anomaly_ov.recipes.train_expert import train_expert
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +54,7 @@ def test_two_processes_train_the_same_expert_as_one(tiny_zoo, synthetic_data, tm
     assert len(list((two / "cache").rglob("shard-*"))) == 5
 
     one = tmp_path / "one"
-    single = _script("train_expert").run(
+    single = train_expert(
         _compose("train_expert", [*common, f"run_dir={one}/run", *_paths(one, tiny_zoo, synthetic_data.root)])
     )
     assert single["num_processes"] == 1 and single["steps_per_epoch"] == distributed["steps_per_epoch"]

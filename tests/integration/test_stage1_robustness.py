@@ -9,7 +9,7 @@ from anomaly_ov.data.crops import ImageCrops
 from anomaly_ov.data.features import build_feature_source
 from anomaly_ov.data.zsad import BadInputError, MVTecSource
 from anomaly_ov.eval.zsad import evaluate_dataset
-from anomaly_ov.models.builders import build_expert, build_vision_tower
+from anomaly_ov.models.builders import build_expert, build_siglip_tower
 
 
 def _mvtec_class_with_a_small_mask(root):
@@ -30,7 +30,7 @@ def _mvtec_class_with_a_small_mask(root):
 @pytest.mark.parametrize("cache", [True, False])
 def test_a_skipped_mask_is_reported_and_left_out_of_metrics_and_heatmaps(tiny_zoo, tmp_path, cache):
     samples = _mvtec_class_with_a_small_mask(tmp_path / "data")
-    tower = build_vision_tower("siglip", str(tiny_zoo.siglip), [2, 3, 4, 5])
+    tower = build_siglip_tower(str(tiny_zoo.siglip), [2, 3, 4, 5])
     crops = ImageCrops(LlavaOnevisionImageProcessor.from_pretrained(tiny_zoo.llava_ov), single_crop=True)
     source = build_feature_source(
         tower, crops, {"backend": "siglip"}, cache=cache, cache_dir=str(tmp_path / "cache"), max_gb=1.0
@@ -51,9 +51,9 @@ def test_resuming_checkpoints_of_another_tower_is_refused(tmp_path):
     # A run_dir reused with another model/vision would continue the old expert on new features and
     # overwrite config.yaml, which would then name the wrong tower (SPEC §4: the config records it).
     from omegaconf import OmegaConf
-    from test_stage1 import _script  # same folder (pytest puts it on sys.path)
 
-    check_resumable = _script("train_expert").check_resumable
+    from anomaly_ov.recipes.train_expert import check_resumable
+
     crops = {"single_crop": True}
     started = {"model": {"vision": {"backend": "clip"}}, "features": {"crops": crops}}
     OmegaConf.save(OmegaConf.create(started), tmp_path / "config.yaml")

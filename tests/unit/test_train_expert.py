@@ -11,14 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from anomaly_ov.data.features import collate_features
-from anomaly_ov.models.expert import AnomalyExpert
-from anomaly_ov.training.checkpoint import (
+from anomaly_ov.checkpoints.training_state import (
     latest_checkpoint,
     load_optimizer_tensors,
     optimizer_tensors,
     prune_checkpoints,
 )
+from anomaly_ov.data.feature_cache import collate_features
+from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
 from anomaly_ov.training.distributed import make_accelerator, plan_epoch, restart_period, steps_per_epoch
 from anomaly_ov.training.expert import ExpertTrainer, balanced_bce_sum, class_weights
 
@@ -50,7 +50,7 @@ class ToyFeatures(Dataset):
 
 def _expert(seed: int = 0) -> AnomalyExpert:
     torch.manual_seed(seed)
-    return AnomalyExpert(vision_dim=DIM, expert_dim=8, grid=GRID, num_levels=LEVELS)
+    return AnomalyExpert(ExpertConfig(vision_dim=DIM, expert_dim=8, grid=GRID, num_levels=LEVELS))
 
 
 def _trainer(run_dir: Path, epochs: int, expert: AnomalyExpert, **kwargs) -> ExpertTrainer:
