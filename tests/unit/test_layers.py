@@ -29,6 +29,14 @@ def test_the_contracts_cover_every_layer():
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     by_id = {contract["id"]: contract for contract in contracts}
     assert set(by_id) == {"layers", "zoo", "acyclic"}
-    assert by_id["layers"]["layers"] == ["cli", "recipes", "eval | training", "inference", "checkpoints", "models", "data"]
+    assert by_id["layers"]["layers"] == [
+        "cli",
+        "recipes",
+        "eval | training",
+        "inference",
+        "checkpoints",
+        "models",
+        "data",
+    ]
     assert by_id["zoo"]["source_modules"] == ["anomaly_ov.zoo"]
     assert "anomaly_ov.data" not in by_id["zoo"]["forbidden_modules"]
