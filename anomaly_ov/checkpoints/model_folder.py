@@ -32,6 +32,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from anomaly_ov.models.anomaly_ov import AnomalyOV
+from anomaly_ov.models.expert_io import save_expert
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
 FORMAT = "anomaly-ov"
@@ -105,7 +106,7 @@ def save_anomaly_ov(
     projector["image_newline"] = llava.model.image_newline.data
     save_file({k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(folder / PROJECTOR_NAME))
     if model.expert is not None:
-        model.expert.save(folder / EXPERT_NAME)
+        save_expert(model.expert, folder / EXPERT_NAME)
     if (model.expert is None) != (resolved.expert is None):
         raise ValueError(
             f"config.expert is {'null' if resolved.expert is None else 'set'} but the model "

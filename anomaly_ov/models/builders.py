@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
+from anomaly_ov.models.expert_io import load_expert_weights, load_official_weights
 from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
 from anomaly_ov.models.vision import HFVisionTower, OpenCLIPVisionTower
 
@@ -203,7 +204,7 @@ def build_expert(
         vt_attention: VT-selector attention on/off.
         severity_thresholds: Score thresholds of the severity words.
         eps: Floor of the denominators.
-        checkpoint: A safetensors file written by ``AnomalyExpert.save`` to load (its keys must fit these
+        checkpoint: A safetensors file written by ``expert_io.save_expert`` to load (its keys must fit these
             values).
         official_checkpoint: A released ``pretrained_expert_*.pth`` to load (needs the released structure).
         dtype: "float32", "bfloat16" or "float16".
@@ -233,7 +234,7 @@ def build_expert(
     )
     expert = AnomalyExpert(config)
     if checkpoint is not None:
-        expert.load_weights(Path(checkpoint))
+        load_expert_weights(expert, Path(checkpoint))
     if official_checkpoint is not None:
-        expert.load_official_weights(Path(official_checkpoint))
+        load_official_weights(expert, Path(official_checkpoint))
     return expert.to(torch_dtype(dtype))

@@ -40,7 +40,6 @@ which avoids copying the level inputs into one [K, N, T, D] tensor. The two-prom
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -174,10 +173,10 @@ class AnomalyExpert(nn.Module):
     Args:
         config: The expert's structure and switches (see :class:`ExpertConfig`).
 
-    Checkpoints live in :mod:`anomaly_ov.models.expert_io`; the methods :meth:`save` /
-    :meth:`from_checkpoint` (safetensors with the config and the :attr:`tower_record` in the metadata, exact
-    round trip), :meth:`load_weights` (into an existing expert), :meth:`load_official` and
-    :meth:`load_official_weights` (the released ``pretrained_expert_*.pth`` pickles) delegate to it.
+    Checkpoints are functions of :mod:`anomaly_ov.models.expert_io`: ``save_expert`` / ``load_expert``
+    (safetensors with the config and the :attr:`tower_record` in the metadata, exact round trip),
+    ``load_expert_weights`` (into an existing expert), ``load_official_expert`` / ``load_official_weights``
+    (the released ``pretrained_expert_*.pth`` pickles).
 
     """
 
@@ -420,54 +419,3 @@ class AnomalyExpert(nn.Module):
 
         """
         return [severity_word(float(s), self.severity_thresholds) for s in scores.detach().float().cpu()]
-
-    # ------------------------------------------------------------------ checkpoints (in expert_io)
-
-    def save(self, path: str | Path) -> None:
-        """Write weights, config and tower record to a safetensors file (:func:`expert_io.save_expert`)."""
-        from anomaly_ov.models import expert_io
-
-        expert_io.save_expert(self, path)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype | None = None) -> "AnomalyExpert":
-        """Build an expert from a file written by :meth:`save` (:func:`expert_io.load_expert`)."""
-        from anomaly_ov.models import expert_io
-
-        return expert_io.load_expert(path, dtype=dtype)
-
-    def load_weights(self, path: str | Path) -> None:
-        """Load a file written by :meth:`save` into this expert (:func:`expert_io.load_expert_weights`)."""
-        from anomaly_ov.models import expert_io
-
-        expert_io.load_expert_weights(self, path)
-
-    @classmethod
-    def load_official(
-        cls,
-        path: str | Path,
-        vision_dim: int = 1152,
-        expert_dim: int = 512,
-        grid: int = 27,
-        num_levels: int = 4,
-        temperature: float = 0.01,
-        severity_thresholds: Sequence[float] = (0.3, 0.7),
-    ) -> "AnomalyExpert":
-        """Load a released ``pretrained_expert_*.pth`` (:func:`expert_io.load_official_expert`)."""
-        from anomaly_ov.models import expert_io
-
-        return expert_io.load_official_expert(
-            path,
-            vision_dim=vision_dim,
-            expert_dim=expert_dim,
-            grid=grid,
-            num_levels=num_levels,
-            temperature=temperature,
-            severity_thresholds=severity_thresholds,
-        )
-
-    def load_official_weights(self, path: str | Path) -> None:
-        """Load a released ``.pth`` into this expert (:func:`expert_io.load_official_weights`)."""
-        from anomaly_ov.models import expert_io
-
-        expert_io.load_official_weights(self, path)

@@ -65,7 +65,7 @@ def load_expert(path: str | Path, dtype: torch.dtype | None = None) -> AnomalyEx
     if CONFIG_METADATA_KEY not in metadata:
         raise ValueError(
             f"{path}: no '{CONFIG_METADATA_KEY}' metadata; not an expert checkpoint written by "
-            "AnomalyExpert.save (for the released .pth files use AnomalyExpert.load_official)."
+            "save_expert (for the released .pth files use load_official_expert)."
         )
     expert = AnomalyExpert(ExpertConfig(**json.loads(metadata[CONFIG_METADATA_KEY])))
     load_expert_weights(expert, path)

@@ -17,6 +17,7 @@ from omegaconf.errors import MissingMandatoryValue
 from anomaly_ov.data.zsad import check_zero_shot, write_skipped
 from anomaly_ov.eval.tables import class_table, table2
 from anomaly_ov.eval.zsad import DatasetResult, evaluate_dataset
+from anomaly_ov.models.expert_io import load_expert_weights
 
 NO_WEIGHTS = (
     "eval_zsad needs weights to evaluate: run_dir=<a train_expert run>, or "
@@ -154,7 +155,7 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
     tower = instantiate(what.model.vision).to(device)
     expert = instantiate(what.model.expert)
     if what.checkpoint is not None:
-        expert.load_weights(what.checkpoint)
+        load_expert_weights(expert, what.checkpoint)
     expert.to(device).eval()
     # The crops must be those the expert was trained on; the cache settings are this evaluation's.
     features_cfg = OmegaConf.merge(cfg.features, {"crops": what.crops})

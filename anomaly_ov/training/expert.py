@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,8 +33,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from anomaly_ov.data.features import FeatureBatch
-from anomaly_ov.models.expert import AnomalyExpert
 from anomaly_ov.checkpoints.training_state import (
     MODEL_FILE,
     latest_checkpoint,
@@ -41,6 +40,9 @@ from anomaly_ov.checkpoints.training_state import (
     prune_checkpoints,
     save_epoch_checkpoint,
 )
+from anomaly_ov.data.features import FeatureBatch
+from anomaly_ov.models.expert import AnomalyExpert
+from anomaly_ov.models.expert_io import load_expert_weights, save_expert
 from anomaly_ov.training.distributed import plan_epoch, restart_period, steps_per_epoch
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class TrainingResult:
     Attributes:
         losses: Global mean loss of every optimizer step, from the first epoch (resumed runs included).
         epoch_losses: Mean step loss of each epoch.
-        expert_path: The final expert weights (safetensors, ``AnomalyExpert.from_checkpoint``).
+        expert_path: The final expert weights (safetensors, ``anomaly_ov.models.expert_io.load_expert``).
         resumed_from_epoch: Epochs already done when this run started (0 for a fresh run).
         steps_per_epoch: Optimizer steps per epoch.
     """
@@ -195,7 +197,7 @@ class ExpertTrainer:
         start_epoch = 0
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if checkpoint is not None:
-            accelerator.unwrap_model(model).load_weights(checkpoint.model)
+            load_expert_weights(accelerator.unwrap_model(model), checkpoint.model)
             counters = load_training_state(checkpoint, optimizer, scheduler)
             start_epoch, losses, epoch_losses = (
                 counters["epoch"],
@@ -266,7 +268,7 @@ class ExpertTrainer:
                 save_epoch_checkpoint(
                     self.run_dir,
                     epoch + 1,
-                    accelerator.unwrap_model(model).save,
+                    partial(save_expert, accelerator.unwrap_model(model)),
                     optimizer,
                     scheduler,
                     {"epoch": epoch + 1, "losses": losses, "epoch_losses": epoch_losses},

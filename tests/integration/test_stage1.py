@@ -48,10 +48,10 @@ def trained(tiny_zoo, synthetic_data, tmp_path_factory):
 
 def test_training_writes_its_outputs_and_the_loss_falls(trained, tiny_zoo):
     _, run_dir, metrics = trained
-    from anomaly_ov.models import AnomalyExpert
+    from anomaly_ov.models.expert_io import load_expert
 
     # the expert remembers the tower it was trained on (SPEC §4)
-    record = AnomalyExpert.from_checkpoint(run_dir / "expert.safetensors").tower_record
+    record = load_expert(run_dir / "expert.safetensors").tower_record
     assert record["name_or_path"] == str(tiny_zoo.llava_ov) and record["level_layers"] == [2, 3, 4, 5]
     saved = json.loads((run_dir / "train_metrics.json").read_text())
     assert saved["losses"] == metrics["losses"] and saved["num_samples"] == 66

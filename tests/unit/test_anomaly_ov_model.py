@@ -519,6 +519,7 @@ def test_trainable_parameters_follow_the_lora_option(tiny_zoo, lora):
 def test_an_expert_trained_on_another_tower_is_refused(tiny_zoo, tmp_path):
     from anomaly_ov.models import AnomalyExpert, ExpertConfig
     from anomaly_ov.models.builders import build_llava_onevision_tower, build_siglip_tower
+    from anomaly_ov.models.expert_io import load_expert, save_expert
     from anomaly_ov.models.mllm_builders import build_anomaly_ov, build_llm
 
     levels = [2, 3, 4, 5]
@@ -528,19 +529,17 @@ def test_an_expert_trained_on_another_tower_is_refused(tiny_zoo, tmp_path):
     expert = AnomalyExpert(ExpertConfig(vision_dim=64, expert_dim=32, grid=8))
     expert.tower_record = own.record(str(tiny_zoo.llava_ov))
     path = tmp_path / "expert.safetensors"
-    expert.save(path)
-    loaded = AnomalyExpert.from_checkpoint(path)
+    save_expert(expert, path)
+    loaded = load_expert(path)
     assert loaded.tower_record == expert.tower_record
     assert loaded.tower_record["level_layers"] == levels
 
     # Trained on this model's own tower: accepted, also when the model runs in bf16.
     build_anomaly_ov(build_llm(str(tiny_zoo.llava_ov), levels), loaded)
-    build_anomaly_ov(
-        build_llm(str(tiny_zoo.llava_ov), levels, dtype="bfloat16"), AnomalyExpert.from_checkpoint(path)
-    )
+    build_anomaly_ov(build_llm(str(tiny_zoo.llava_ov), levels, dtype="bfloat16"), load_expert(path))
 
     llm = build_llm(str(tiny_zoo.llava_ov), levels)
-    foreign = AnomalyExpert.from_checkpoint(path)
+    foreign = load_expert(path)
     foreign.tower_record = other.record(str(tiny_zoo.siglip))
     with pytest.raises(ValueError, match="weights differ"):
         build_anomaly_ov(llm, foreign)

@@ -13,6 +13,13 @@ from hydra.utils import instantiate
 
 from anomaly_ov.data.tokens import severity_word
 from anomaly_ov.models import AnomalyExpert, ExpertConfig, ExpertOutput, build_expert
+from anomaly_ov.models.expert_io import (
+    load_expert,
+    load_expert_weights,
+    load_official_expert,
+    load_official_weights,
+    save_expert,
+)
 
 TINY = {"vision_dim": 64, "expert_dim": 32, "grid": 8}
 
@@ -154,14 +161,14 @@ def assert_matches_reference(out: ExpertOutput, ref: dict[str, torch.Tensor], at
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Released sizes: load_official round trip against the second implementation.
+# Released sizes: load_official_expert round trip against the second implementation.
 
 
 def test_load_official_released_sizes_match_reference(tmp_path: Path) -> None:
     official = random_official_state(dim=1152, width=512, tokens=729, num_levels=4, seed=0)
     path = tmp_path / "pretrained_expert_05b.pth"
     torch.save(official, path)
-    expert = AnomalyExpert.load_official(path)
+    expert = load_official_expert(path)
     crops = [2, 1]  # image 0: whole image + one tile; image 1: a single crop
     final, levels = random_tokens(sum(crops), 729, 1152)
     with torch.no_grad():
@@ -186,7 +193,7 @@ def test_tiny_configs_match_reference(
     path = tmp_path / "expert.pth"
     torch.save(official, path)
     expert = AnomalyExpert(ExpertConfig(**TINY, pool_grid=pool, temperature=temperature))
-    expert.load_official_weights(path)
+    load_official_weights(expert, path)
     final, levels = random_tokens(sum(crops), 64, 64, seed=pool)
     out = expert(final, levels, crops)
     assert out.local_tokens.shape == (sum(crops), pool * pool, 64)
@@ -203,7 +210,7 @@ def test_load_official_refuses_files_that_do_not_fit(tmp_path: Path) -> None:
     path = tmp_path / "broken.pth"
     torch.save(broken, path)
     with pytest.raises(ValueError) as error:
-        AnomalyExpert.load_official(path, vision_dim=64, expert_dim=32, grid=8)
+        load_official_expert(path, vision_dim=64, expert_dim=32, grid=8)
     message = str(error.value)
     assert "broken.pth" in message
     assert "q_former.key_proj.bias (32,)" in message
@@ -212,17 +219,17 @@ def test_load_official_refuses_files_that_do_not_fit(tmp_path: Path) -> None:
     # The released sizes do not fit a tiny file.
     torch.save(official, path)
     with pytest.raises(ValueError, match=r"pooling_layer.0.weight: file \(1, 64\) vs expected \(1, 729\)"):
-        AnomalyExpert.load_official(path)
+        load_official_expert(path)
     torch.save([official], path)
     with pytest.raises(ValueError, match="expected a state dict"):
-        AnomalyExpert.load_official(path, vision_dim=64, expert_dim=32, grid=8)
+        load_official_expert(path, vision_dim=64, expert_dim=32, grid=8)
 
 
 def test_load_official_never_unpickles_code(tmp_path: Path) -> None:
     path = tmp_path / "malicious.pth"
     torch.save({"positive_embedding": torch.zeros(1, 32), "payload": Path("/etc/passwd")}, path)
     with pytest.raises(Exception, match=r"[Ww]eights only load failed|Unsupported global"):
-        AnomalyExpert.load_official(path, vision_dim=64, expert_dim=32, grid=8)
+        load_official_expert(path, vision_dim=64, expert_dim=32, grid=8)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -589,8 +596,8 @@ def test_safetensors_round_trip_is_exact(tmp_path: Path) -> None:
         seed=3, look_back=False, shared_prompt_map=False, pool_grid=3, levels=[1, 3], temperature=0.05
     )
     path = tmp_path / "expert.safetensors"
-    expert.save(path)
-    loaded = AnomalyExpert.from_checkpoint(path)
+    save_expert(expert, path)
+    loaded = load_expert(path)
     assert loaded.config == expert.config
     for (name, a), (_, b) in zip(expert.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -599,13 +606,13 @@ def test_safetensors_round_trip_is_exact(tmp_path: Path) -> None:
     for name in ("local_tokens", "global_tokens", "scores", "maps"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     with pytest.raises(ValueError, match=r"missing keys .*lookback_pool\.weight"):
-        tiny_expert().load_weights(path)
+        load_expert_weights(tiny_expert(), path)
 
 
 def test_builder_loads_both_checkpoint_kinds(tmp_path: Path) -> None:
     expert = tiny_expert(seed=5)
     ours = tmp_path / "ours.safetensors"
-    expert.save(ours)
+    save_expert(expert, ours)
     built = build_expert(**TINY, checkpoint=str(ours))
     assert all(
         torch.equal(a, b)
@@ -645,7 +652,7 @@ def test_one_config_for_builder_module_and_checkpoint(tmp_path: Path) -> None:
     assert built.config == expected
     assert (expected.attention_dim, expected.score_hidden_dim) == (32, 32)  # defaults resolved to E
     path = tmp_path / "expert.safetensors"
-    built.save(path)
+    save_expert(built, path)
     from safetensors import safe_open
 
     from anomaly_ov.models.expert_io import CONFIG_METADATA_KEY

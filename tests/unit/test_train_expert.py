@@ -19,6 +19,7 @@ from anomaly_ov.checkpoints.training_state import (
 )
 from anomaly_ov.data.feature_cache import collate_features
 from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
+from anomaly_ov.models.expert_io import load_expert
 from anomaly_ov.training.distributed import make_accelerator, plan_epoch, restart_period, steps_per_epoch
 from anomaly_ov.training.expert import ExpertTrainer, balanced_bce_sum, class_weights
 
@@ -144,7 +145,7 @@ def test_training_loss_falls_and_the_expert_ranks_anomalies_first(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(data.labels, scores.scores.numpy()) > 0.95
-    reloaded = AnomalyExpert.from_checkpoint(result.expert_path)
+    reloaded = load_expert(result.expert_path)
     for key, value in expert.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0)
 
