@@ -8,8 +8,9 @@ samples; Hydra configs under ``configs/data/`` name one source per dataset:
   <name>_mask.png}`` (also MPDD and the synthetic data, which use the same layout);
 * :class:`VisASource` -- VisA's layout ``<class>/Data/{Images,Masks}/...`` with its split file
   ``split_csv/1cls.csv`` (columns object, split, label, image, mask);
-* :class:`InstructionSource` -- the labelled samples of an instruction JSON (records carrying
-  ``"anomaly": bool``), the stage-1 training data (SPEC §4);
+* :class:`InstructionSource` -- the labelled samples of an instruction JSON (the label from the record's
+  ``"anomaly": bool`` or a configured rule, :mod:`anomaly_ov.data.instruction_labels`), the stage-1 training
+  data (SPEC §4);
 * :class:`~anomaly_ov.data.manifest.ManifestSource` -- the generic manifest that ``scripts/prepare_*.py``
   write for every other dataset of the published table (BTAD, MPDD, AITEX, ELPV, BrainMRI, HeadCT, Br35H).
 
@@ -37,6 +38,7 @@ from anomaly_ov.data.images import (
     image_size,
     read_image,
 )
+from anomaly_ov.data.instruction_labels import NORMAL_FOLDERS, LabelReport, label_records
 
 logger = logging.getLogger(__name__)
 
@@ -312,17 +314,24 @@ class VisASource:
 class InstructionSource:
     """The labelled samples of an instruction JSON (Anomaly-Instruct-125k style, SPEC §5), for stage 1.
 
-    A record is used when it carries the label key (``"anomaly": true|false``); the others (general
-    instructions, unlabelled conversations) are counted and logged, not used. A record whose ``"image"`` is a
-    list is a multi-view sample. The class is the record's ``"class"`` when present, else the path component
-    ``class_component`` of its (first) image (VisA-D&R's convention: ``VisA/<class>/...``).
+    A record's label comes from the first of ``label_rules`` that decides it
+    (:mod:`anomaly_ov.data.instruction_labels`): its own ``"anomaly": true|false`` (``key``), its source
+    folders (``folder``: ``good``/``ok``/``normal`` vs the defect folders beside them) or the first answer's
+    leading Yes/No (``answer``). Records no rule decides (general instructions) are counted and logged, not
+    used; the counts per rule are logged too. A source whose labels hold only one class is refused: a
+    class-balanced loss over one class trains nothing. A record whose ``"image"`` is a list is a multi-view
+    sample. The class is the record's ``"class"`` when present, else the path component ``class_component``
+    of its (first) image (VisA-D&R's convention: ``VisA/<class>/...``).
 
     Attributes:
         json_path: The JSON list of records.
         image_root: Folder the image paths are relative to.
-        label_key: The boolean label's key.
+        label_key: The boolean label's key (``key`` rule).
         class_component: Index of the class in the image path when a record has no "class".
         contains: Names of benchmark datasets whose images this source holds (e.g. ["mvtec"]).
+        label_rules: Rules tried in order, from ``key``, ``folder``, ``answer``.
+        normal_folders: Folder names meaning normal (``folder`` rule, case-insensitive).
+        anomalous_folders: Folder names meaning anomalous wherever they are (``folder`` rule).
     """
 
     json_path: str | Path
@@ -330,9 +339,22 @@ class InstructionSource:
     label_key: str = "anomaly"
     class_component: int = 1
     contains: Sequence[str] = field(default_factory=tuple)
+    label_rules: Sequence[str] = ("key",)
+    normal_folders: Sequence[str] = NORMAL_FOLDERS
+    anomalous_folders: Sequence[str] = ()
 
     def read(self) -> list[AnomalySample]:
-        """The labelled records as samples, in file order."""
+        """The labelled records as samples, in file order (the label report is logged)."""
+        return self.read_with_report()[0]
+
+    def read_with_report(self) -> tuple[list[AnomalySample], LabelReport]:
+        """The labelled records as samples and how they were labelled.
+
+        Raises:
+            FileNotFoundError: If the file is missing.
+            ValueError: Naming the file (and record) of malformed JSON, a non-boolean label, a bad image
+                entry, or labels that hold only one class (or none).
+        """
         json_path = Path(self.json_path)
         try:
             records = json.loads(json_path.read_text(encoding="utf-8"))
@@ -340,19 +362,22 @@ class InstructionSource:
             raise FileNotFoundError(f"instruction file not found: {json_path}") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{json_path}: not valid JSON ({error})") from None
-        if not isinstance(records, list):
-            raise ValueError(f"{json_path}: expected a JSON list of records, found {type(records).__name__}")
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{json_path}: expected a JSON list of records (objects)")
+        labels, report = label_records(
+            records,
+            tuple(self.label_rules),
+            str(json_path),
+            self.label_key,
+            tuple(self.normal_folders),
+            tuple(self.anomalous_folders),
+        )
         root = Path(self.image_root)
         samples: list[AnomalySample] = []
-        unlabelled = 0
-        for index, record in enumerate(records):
-            where = f"{json_path} record {index} (id {record.get('id')!r})"
-            if self.label_key not in record:
-                unlabelled += 1
+        for index, (record, label) in enumerate(zip(records, labels, strict=True)):
+            if label is None:
                 continue
-            label = record[self.label_key]
-            if not isinstance(label, bool):
-                raise ValueError(f"{where}: {self.label_key!r} must be true or false, got {label!r}")
+            where = f"{json_path} record {index} (id {record.get('id')!r})"
             images = record.get("image")
             relative = [images] if isinstance(images, str) else images
             if not relative or not all(isinstance(p, str) for p in relative):
@@ -366,13 +391,17 @@ class InstructionSource:
                         f"{self.class_component} to take the class from"
                     )
                 class_name = parts[self.class_component]
-            samples.append(AnomalySample(tuple(root / p for p in relative), int(label), str(class_name)))
-        if unlabelled:
-            logger.info("%s: %d of %d records carry no %r label and are not stage-1 samples",
-                        json_path, unlabelled, len(records), self.label_key)  # fmt: skip
-        if not samples:
-            raise ValueError(f"{json_path}: no record carries the label key {self.label_key!r}")
-        return samples
+            samples.append(AnomalySample(tuple(root / p for p in relative), label, str(class_name)))
+        logger.info("stage-1 labels: %s", report.summary())
+        classes = ((0, "normal"), (1, "anomalous"))
+        missing = [name for label, name in classes if not report.per_label.get(label)]
+        if missing:
+            raise ValueError(
+                f"{json_path}: the label rules {list(self.label_rules)} give no {' and no '.join(missing)} "
+                f"record ({report.summary()}); stage 1 needs both classes from each source. Add a rule "
+                "(label_rules: [key, folder, answer]) or set label_key / normal_folders for this file."
+            )
+        return samples, report
 
 
 def load_table(kind: str, path: Path, features: object) -> list[dict[str, object]]:
