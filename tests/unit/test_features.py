@@ -74,8 +74,12 @@ def test_crops_single_anyres_and_multiview(processor, tmp_path):
     assert anyres.shape[0] == crops.num_crops(sample(wide, 0, "x")) > 1
     single = ImageCrops(processor, single_crop=True)(sample(wide, 0, "x"))
     assert single.shape == (1, 3, 64, 64)
-    # the single crop is AnyRes' whole-image crop (the image stretched to the square input)
-    torch.testing.assert_close(single[0], anyres[0])
+    # The single crop is LLaVA-OneVision's padded square (data/crops.py), not AnyRes' stretched whole image:
+    # the 80x120 image is padded by 20 rows above and below (about 10.7 of the 64 input rows), one colour.
+    band = single[0, :, :8]  # [3, 8, 64], clear of the resampling blur at the image's edge
+    assert torch.equal(band, band[:, :1, :1].expand_as(band))
+    assert (single[0, :, 20:44].std(dim=(1, 2)) > 0.1).all()
+    assert not torch.allclose(single[0], anyres[0])
     views = AnomalySample((wide, wide, wide), 1, "x")
     assert crops(views).shape == (3, 3, 64, 64) and crops.num_crops(views) == 3
     assert crops.fingerprint() != ImageCrops(processor, single_crop=True).fingerprint()
