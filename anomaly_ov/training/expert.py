@@ -1,9 +1,9 @@
 """Stage 1: training the anomaly expert on frozen-tower features (SPEC §4; the release lacks this code).
 
 The vision tower is frozen, so the expert learns from its features only: read from the
-:class:`~anomaly_ov.data.features.FeatureCache` or computed on the fly by
+:class:`~anomaly_ov.data.feature_cache.FeatureCache` or computed on the fly by
 :class:`~anomaly_ov.data.features.StreamedFeatures`; the loop below is the same for both (it is given a
-``featurize`` function that turns a loader batch into a :class:`~anomaly_ov.data.features.FeatureBatch`).
+``featurize`` function that turns a loader batch into a :class:`~anomaly_ov.data.feature_batch.FeatureBatch`).
 
 Loss: class-balanced binary cross-entropy on the image label (no mask supervision),
 
@@ -40,7 +40,7 @@ from anomaly_ov.checkpoints.training_state import (
     prune_checkpoints,
     save_epoch_checkpoint,
 )
-from anomaly_ov.data.features import FeatureBatch
+from anomaly_ov.data.feature_batch import FeatureBatch
 from anomaly_ov.models.expert import AnomalyExpert
 from anomaly_ov.models.expert_io import load_expert_weights, save_expert
 from anomaly_ov.training.distributed import plan_epoch, restart_period, steps_per_epoch
