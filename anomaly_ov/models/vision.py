@@ -15,8 +15,7 @@ taps hidden states 7, 13, 19 and 25 of the 26-block SigLIP and uses hidden state
 
 Prefix tokens (CLIP's class token) are dropped so that the patch tokens form a square grid.
 
-AnyRes crops (whole image first, then the high-resolution tiles) come from transformers'
-``LlavaOnevisionImageProcessor`` through :func:`anyres_crops`.
+The crops a tower sees come from the one crop function, :func:`anomaly_ov.data.crops.anyres_crops`.
 
 Notation: ``N`` crops, ``T`` patch tokens per crop (a square, ``grid * grid``), ``D`` vision width.
 """
@@ -26,8 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionImageProcessor, PreTrainedModel
-from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -282,64 +280,3 @@ class OpenCLIPVisionTower(FrozenVisionTower):
             final=by_layer[self.final_layer],
             levels=tuple(by_layer[i] for i in self.level_layers),
         )
-
-
-@dataclass(frozen=True)
-class AnyResCrops:
-    """AnyRes crops of a batch of images, flattened for the vision tower.
-
-    Attributes:
-        pixel_values: Crops of all images, [N, 3, H, W]; each image's crops are contiguous and its first crop
-            is the whole image resized to the tower's input size, followed by its tiles in row-major order.
-        crops_per_image: Number of crops of each image (sums to N).
-        image_sizes: Original (height, width) of each image.
-
-    """
-
-    pixel_values: torch.Tensor
-    crops_per_image: list[int]
-    image_sizes: list[tuple[int, int]]
-
-
-def anyres_crops(
-    image_processor: LlavaOnevisionImageProcessor,
-    images: Sequence[object],
-    single_crop: bool = False,
-) -> AnyResCrops:
-    """Cuts images into AnyRes crops with transformers' LLaVA-OneVision image processor.
-
-    The processor pads every image to the largest crop count of the batch; the padding is removed here with
-    transformers' own crop count (``image_size_to_num_patches``), as LLaVA-OneVision's model does.
-
-    Args:
-        image_processor: The LLaVA-OneVision image processor (its ``image_grid_pinpoints`` define the tiles).
-        images: Images the processor accepts (PIL images, arrays or tensors).
-        single_crop: Encode every image as one crop (padded to a square, no tiles), as LLaVA-OneVision does
-            for the views of a multi-image sample.
-
-    Returns:
-        The flattened crops and the number of crops per image.
-
-    """
-    if len(images) == 0:
-        raise ValueError("images is empty.")
-    if single_crop:
-        # transformers treats a one-image list as a single-image sample (AnyRes tiles); a lone image is
-        # duplicated so the processor takes its multi-image path (one square crop per view), then dropped.
-        views = list(images) if len(images) > 1 else [images[0], images[0]]
-        batch = image_processor([views], return_tensors="pt")
-    else:
-        batch = image_processor(list(images), return_tensors="pt")
-    pixel_values = batch["pixel_values"]
-    image_sizes = [(int(h), int(w)) for h, w in batch["image_sizes"].tolist()][: len(images)]
-    if single_crop:
-        counts = [1] * len(images)
-        crops = pixel_values.reshape(-1, *pixel_values.shape[2:])[: len(images)]
-    else:
-        crop_size = image_processor.size["height"]
-        counts = [
-            image_size_to_num_patches(size, image_processor.image_grid_pinpoints, crop_size)
-            for size in image_sizes
-        ]
-        crops = torch.cat([image[:count] for image, count in zip(pixel_values, counts, strict=True)], dim=0)
-    return AnyResCrops(pixel_values=crops, crops_per_image=counts, image_sizes=image_sizes)
