@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "anomaly_ov.inference.predict",
         "score and describe a folder or list of images; JSON lines and heatmap overlays",
     ),
+    "finetune": ("anomaly_ov.recipes.finetune", "stage 2: instruction-tune with DeepSpeed (Hydra overrides)"),
+    "eval": ("anomaly_ov.recipes.eval_benchmark", "VisA-D&R detection + reasoning or MMAD (Hydra overrides)"),
 }
 
 

@@ -1,0 +1,307 @@
+"""The benchmark entrypoint on the synthetic benchmark with the tiny model: fast path = greedy decisions,
+files and metrics, resume, 2 processes = 1, MMAD, bad records, the judge through a fake local server."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from anomaly_ov.data.images import read_image
+from anomaly_ov.eval.detection import DETECTION_PROMPT, FastDetector, answer_tokens, is_yes
+from anomaly_ov.eval.results import read_jsonl
+from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
+from anomaly_ov.recipes.eval_benchmark import eval_benchmark
+
+PROJECT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _overrides(zoo, root, out_dir, *extra):
+    return [
+        f"paths.zoo_dir={zoo.root}",
+        f"paths.synthetic_dir={root}",
+        f"paths.output_root={out_dir.parent}",
+        f"out_dir={out_dir}",
+        "benchmark=synthetic_visa_dr",
+        "generation.max_new_tokens=3",
+        "batch_size=4",
+        "progress=false",
+        "cpu=true",
+        *extra,
+    ]
+
+
+def _run(zoo, root, out_dir, *extra):
+    return eval_benchmark(compose_config("eval_benchmark", _overrides(zoo, root, out_dir, *extra)))
+
+
+def test_config_needs_only_the_benchmark_root():
+    from omegaconf import OmegaConf
+
+    def missing(overrides: list[str]) -> set[str]:
+        cfg = compose_config("eval_benchmark", overrides)
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        return {f"benchmark.{k}" for k, v in resolved["benchmark"].items() if v == "???"} | {
+            k for k, v in resolved.items() if v == "???"
+        }
+
+    assert missing([]) == {"benchmark.root"}  # the release's file names are relative to it
+    assert missing(["benchmark=mmad"]) == {"benchmark.root"}
+    synthetic = compose_config("eval_benchmark", ["benchmark=synthetic_visa_dr", "paths.synthetic_dir=/s"])
+    assert (synthetic.benchmark.root, synthetic.benchmark.detection_file) == ("/s", "visa_dr/test_data.json")
+    assert synthetic.benchmark.skip_classes == ["pcb2", "pcb4"] and synthetic.judge is None
+    assert compose_config("eval_benchmark", ["judge=openai"]).judge.api_key_env == "OPENAI_API_KEY"
+
+
+def _answering_yes_or_no(model, processor, images, names) -> None:
+    """Rewrites the tiny LLM so that greedy decoding answers "Yes" or "No" (image-dependent), then stops.
+
+    The untrained model almost never starts with Yes/No, which would make the comparison vacuous. At the
+    answer's first position, the "Yes"/"No" rows of the output head get a large common term along the mean
+    final state u and an opposite term along the states' main direction of variation v (so the winner depends
+    on the image). The input embeddings of "Yes" and "No" are set to a large vector z orthogonal to every
+    first-position state, and <|im_end|>'s output row to a multiple of z, so the next token ends the answer.
+    """
+    tokenizer = processor.tokenizer
+    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "No"))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    llava = model.llava
+    captured = []
+    hook = llava.lm_head.register_forward_hook(lambda _m, args, _o: captured.append(args[0][:, -1].detach()))
+    detector = FastDetector(model, processor, answer_tokens(tokenizer), DETECTION_PROMPT)
+    logits, _ = detector.next_token_logits(images, names)
+    hook.remove()
+    states = captured[0].double()
+    mean = states.mean(0)
+    u = mean / mean.norm()
+    v = torch.linalg.svd(states - mean, full_matrices=False).Vh[0]
+    z = torch.linalg.svd(states, full_matrices=True).Vh[-1]  # orthogonal to every first-position state
+    assert (states @ u).min() > 0
+    b = 3.0 / (states @ v).abs().median()
+    others = logits.double().max(dim=1).values.abs()
+    a = ((others + 10 + (b * states @ v).abs()) / (states @ u)).max()
+    with torch.no_grad():
+        head, embed = llava.lm_head.weight, llava.get_input_embeddings().weight
+        head[yes] = (a * u + b * v).to(head.dtype)
+        head[no] = (a * u - b * v).to(head.dtype)
+        scale = 100 * embed.norm(dim=1).max()
+        embed[yes] = (scale * z).to(embed.dtype)
+        embed[no] = (scale * z).to(embed.dtype)
+        head[end] = (1e3 * z).to(head.dtype)
+
+
+def test_fast_path_decides_as_greedy_generation(tiny_zoo, synthetic_data, tmp_path):
+    cfg = compose_config("eval_benchmark", _overrides(tiny_zoo, synthetic_data.root, tmp_path / "x"))
+    torch.manual_seed(0)
+    bundle = instantiate(cfg.model, _convert_="all")
+    records = json.loads(synthetic_data.test_data_json.read_text())
+    names = [str(synthetic_data.root / r["image"]) for r in records]
+    images = [read_image(n) for n in names]
+    _answering_yes_or_no(bundle.model, bundle.processor, images, names)
+
+    pipeline = AnomalyOVPipeline(bundle.model, bundle.processor, {"max_new_tokens": 6, "do_sample": False})
+    replies = [
+        pipeline.answer([[{"from": "human", "value": DETECTION_PROMPT}]], [[image]], [[name]])[0].text
+        for image, name in zip(images, names, strict=True)
+    ]  # the release's protocol: batch 1, greedy
+    detector = FastDetector(bundle.model, bundle.processor, answer_tokens(bundle.processor.tokenizer))
+    fast = [
+        d
+        for start in range(0, len(images), 8)
+        for d in detector.decide(images[start : start + 8], names[start : start + 8])
+    ]
+
+    starts = [r.startswith(("Yes", "yes", "No", "no")) for r in replies]
+    assert sum(starts) == len(replies), replies  # the rewritten model answers Yes/No and stops
+    greedy = [is_yes(r) for r in replies]
+    assert 0 < sum(greedy) < len(greedy), replies  # both answers occur: the comparison is not vacuous
+    assert [d.predicted for d in fast] == greedy
+    assert all(d.starts_with_answer for d in fast)
+    assert all((d.score > 0.5) == d.predicted for d in fast)
+
+
+def test_eval_writes_results_and_resumes(tiny_zoo, synthetic_data, tmp_path):
+    out = tmp_path / "visa"
+    metrics = _run(tiny_zoo, synthetic_data.root, out, "detection.protocol=fast")
+    for name in (
+        "detection.jsonl",
+        "reasoning.jsonl",
+        "metrics.json",
+        "table.md",
+        "run.json",
+        "skipped_records.json",
+    ):
+        assert (out / name).is_file(), name
+    detection = read_jsonl(out / "detection.jsonl")
+    assert len(detection) == len(json.loads(synthetic_data.test_data_json.read_text()))
+    assert set(detection[0]) >= {"image", "class", "anomaly", "reply", "predicted", "score", "expert_score"}
+    assert detection[0]["class"] == Path(detection[0]["image"]).parts[1]
+    reasoning = read_jsonl(out / "reasoning.jsonl")
+    assert len(reasoning[0]["responses"]) == len(reasoning[0]["questions"]) == len(reasoning[0]["sbert"])
+    assert metrics["detection"]["model"]["mean"]["auroc"] is not None
+    assert metrics["detection"]["expert"]["threshold"] == 0.5
+    assert sum(metrics["detection"]["replies"].values()) == len(detection)
+    assert metrics["reasoning"]["low_level"]["num_answers"] == len(reasoning)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    table = (out / "table.md").read_text()
+    assert "| Anomaly-OV-0.5B (paper) | 0.79 | 0.86 |" in table and "expert alone" in table
+
+    # Interrupt: keep 5 finished lines (one marked), leave a half-written line in a part file.
+    lines = (out / "detection.jsonl").read_text().splitlines()
+    kept = [json.loads(line) for line in lines[:5]]
+    kept[0]["reply"] = "MARKER"
+    (out / "detection.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (out / "detection.part-0.jsonl").write_text('{"key": "mvtec/')
+    (out / "reasoning.jsonl").write_text(
+        "".join(line + "\n" for line in (out / "reasoning.jsonl").read_text().splitlines()[:3])
+    )
+    resumed = _run(tiny_zoo, synthetic_data.root, out, "detection.protocol=fast")
+    again = read_jsonl(out / "detection.jsonl")
+    assert again[0]["reply"] == "MARKER"  # finished items are not evaluated again
+    assert [r["image"] for r in again] == [r["image"] for r in detection]
+    # the resumed items ran in other batches: left padding may move the last float digits, nothing else
+    _assert_close(
+        [{k: v for k, v in r.items() if k != "reply"} for r in again],
+        [{k: v for k, v in r.items() if k != "reply"} for r in detection],
+    )
+    _assert_close(resumed, metrics)
+    assert not list(out.glob("*.part-*"))
+
+    with pytest.raises(ValueError, match="computed with other settings"):
+        _run(tiny_zoo, synthetic_data.root, out, "detection.protocol=release")
+
+
+def _assert_close(a: object, b: object, path: str = "") -> None:
+    """Equal structures, floats within 1e-5."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), path
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{index}]")
+    else:
+        assert a == b, path
+
+
+def _benchmark_copy(synthetic_data, tmp_path) -> Path:
+    """A benchmark root beside the shared synthetic data (its images linked, its files copied)."""
+    root = tmp_path / "bench"
+    root.mkdir()
+    (root / "mvtec").symlink_to(synthetic_data.root / "mvtec")
+    shutil.copytree(synthetic_data.root / "visa_dr", root / "visa_dr")
+    shutil.copy(synthetic_data.meta_json, root / "meta.json")
+    return root
+
+
+def test_bad_records_stop_the_run_or_are_skipped(tiny_zoo, synthetic_data, tmp_path):
+    root = _benchmark_copy(synthetic_data, tmp_path)
+    records = json.loads((root / "visa_dr" / "test_data.json").read_text())[:4]
+    records.append({"image": "mvtec/gear/test/hole/999.png", "anomaly": True})
+    (root / "visa_dr" / "test_data.json").write_text(json.dumps(records))
+    (root / "mvtec_bad").mkdir()
+    extra = ["benchmark.tasks=[detection]", "generation.max_new_tokens=2"]
+    with pytest.raises(
+        ValueError, match=r"record #4 \(mvtec/gear/test/hole/999.png\): image file .* not found"
+    ):
+        _run(tiny_zoo, root, tmp_path / "a", *extra)
+
+    from anomaly_ov import cli
+
+    argv = ["eval", *_overrides(tiny_zoo, root, tmp_path / "b", *extra, "skip_bad_records=true")]
+    assert cli.main(argv) == 0
+    skipped = json.loads((tmp_path / "b" / "skipped_records.json").read_text())
+    assert [s["record"] for s in skipped] == ["#4 (mvtec/gear/test/hole/999.png)"]
+    assert len(read_jsonl(tmp_path / "b" / "detection.jsonl")) == 4
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["skipped_records"] == 1
+
+
+def test_mmad_on_synthetic_images(tiny_zoo, synthetic_data, tmp_path):
+    root = _benchmark_copy(synthetic_data, tmp_path)
+    out = tmp_path / "mmad"
+    metrics = eval_benchmark(
+        compose_config(
+            "eval_benchmark",
+            [o for o in _overrides(tiny_zoo, root, out) if not o.startswith("benchmark=")]
+            + ["benchmark=synthetic_mmad"],
+        )
+    )
+    questions = sum(len(v["conversation"]) for v in json.loads((root / "mmad.json").read_text()).values())
+    results = read_jsonl(out / "mmad.jsonl")
+    assert len(results) == questions and set(results[0]) >= {
+        "image",
+        "type",
+        "options",
+        "reply",
+        "letter",
+        "correct",
+    }
+    mmad = metrics["mmad"]
+    assert sum(mmad["num_questions"].values()) == questions
+    # every reply of the untrained tiny model is counted: parsed (right or wrong) or unparseable
+    assert sum(mmad["unparseable"].values()) == sum(r["letter"] is None for r in results)
+    assert mmad["accuracy"] == pytest.approx(sum(r["correct"] for r in results) / questions)
+    assert "Anomaly Detection" in (out / "table.md").read_text()
+
+
+def test_judge_scores_through_a_local_endpoint(tiny_zoo, synthetic_data, tmp_path):
+    from pytest_httpserver import HTTPServer
+
+    root = _benchmark_copy(synthetic_data, tmp_path)
+    records = json.loads((root / "visa_dr" / "visa_dr.json").read_text())[:2]
+    (root / "visa_dr" / "visa_dr.json").write_text(json.dumps(records))
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    try:
+        reply = {
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Score: 6"}, "finish_reason": "stop"}
+            ]
+        }
+        server.expect_request("/v1/chat/completions", method="POST").respond_with_json(
+            {"id": "x", "object": "chat.completion", "created": 0, "model": "j", **reply}
+        )
+        extra = ["benchmark.tasks=[reasoning]", "judge=openai", f"judge.base_url={server.url_for('/v1')}",
+                 "judge.api_key_env=null", "judge.model=j", "judge.timeout_s=5"]  # fmt: skip
+        metrics = _run(tiny_zoo, root, tmp_path / "j", *extra)
+        assert len(server.log) == sum(len(r["questions"]) for r in records)
+    finally:
+        server.clear()
+        server.stop()
+    assert metrics["reasoning"]["low_level"]["judge"] == 6.0 and metrics["reasoning"]["judge_failures"] == 0
+    assert "| 6.00 |" in (tmp_path / "j" / "table.md").read_text()
+
+
+@pytest.mark.multiprocess
+def test_two_processes_give_the_files_and_metrics_of_one(tiny_zoo, synthetic_data, tmp_path):
+    root = _benchmark_copy(synthetic_data, tmp_path)
+    for name, count in (("test_data.json", 9), ("visa_dr.json", 3)):  # a short benchmark keeps this < 60 s
+        records = json.loads((root / "visa_dr" / name).read_text())
+        (root / "visa_dr" / name).write_text(json.dumps(records[:count]))
+    extra = ["batch_size=1", "generation.max_new_tokens=2"]
+    one, two = tmp_path / "p1", tmp_path / "p2"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT)}
+    command = [
+        *launcher,
+        str(PROJECT / "scripts" / "eval_benchmark.py"),
+        *_overrides(tiny_zoo, root, two, *extra),
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    m1 = _run(tiny_zoo, root, one, *extra)  # one process, one intra-op thread like each of the two
+    for name in ("detection.jsonl", "reasoning.jsonl", "table.md", "skipped_records.json"):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert (m1.pop("num_processes"), m2.pop("num_processes")) == (1, 2)
+    assert m1 == m2
+    assert len(read_jsonl(two / "detection.jsonl")) == 9 and not list(two.glob("*.part-*"))
