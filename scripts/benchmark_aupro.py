@@ -22,8 +22,9 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from anomaly_ov.data.crops import upsample_maps
 from anomaly_ov.eval.aupro import aupro, aupro_200_thresholds
-from anomaly_ov.eval.metrics import pixel_metrics, upsample_maps
+from anomaly_ov.eval.metrics import pixel_metrics
 
 
 def make_class(num_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -133,6 +134,33 @@ def crop_map_to_image(
     square = F.interpolate(values[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     top, left = (side - height) // 2, (side - width) // 2
     return square[top : top + height, left : left + width].clamp(0, 1)
+
+
+def upsample_maps(maps: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resizes anomaly maps to the ground-truth mask size with bilinear interpolation.
+
+    Uses ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``, the convention of
+    the zero-shot anomaly-detection literature for patch-grid maps.
+
+    Args:
+        maps: [N, h, w] anomaly maps (numpy array or CPU/GPU tensor).
+        size: Target (H, W), normally the mask size.
+
+    Returns:
+        [N, H, W] float32 numpy array.
+
+    Raises:
+        ValueError: If ``maps`` is not 3-D or ``size`` is not two positive integers.
+    """
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"upsample_maps: `size` must be (H, W) with positive entries, got {size}")
+    tensor = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    if tensor.ndim != 3:
+        raise ValueError(f"upsample_maps: `maps` must be [N, h, w], got shape {tuple(tensor.shape)}")
+    tensor = tensor.detach().to(torch.float32)
+    if tuple(tensor.shape[1:]) != tuple(size):
+        tensor = F.interpolate(tensor[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return tensor.cpu().numpy()
 
 
 @dataclass(frozen=True)

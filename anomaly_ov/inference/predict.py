@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from anomaly_ov.data.images import IMAGE_SUFFIXES, read_image
 from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
-from anomaly_ov.eval.heatmap import overlay_heatmap
+from anomaly_ov.inference.heatmap import overlay_heatmap
 from anomaly_ov.inference.pipeline import (
     AnomalyOVPipeline,
     add_model_arguments,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_ov.eval.heatmap import heatmap_grid, overlay_heatmap, save_heatmap_grid
+from anomaly_ov.inference.heatmap import heatmap_grid, overlay_heatmap, save_heatmap_grid
 
 GREY = (100, 100, 100)
 

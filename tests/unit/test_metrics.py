@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from test_aupro import brute_force_aupro, random_case  # same folder (pytest puts it on sys.path)
 
+from anomaly_ov.data.crops import upsample_maps
 from anomaly_ov.eval.metrics import (
     ClassMetrics,
     average_over_classes,
@@ -19,7 +20,6 @@ from anomaly_ov.eval.metrics import (
     pixel_average_precision,
     pixel_f1_max,
     pixel_metrics,
-    upsample_maps,
 )
 
 # --------------------------------------------------------------------------------------------------------

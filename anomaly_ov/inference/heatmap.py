@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from anomaly_ov.eval.metrics import upsample_maps
+from anomaly_ov.data.crops import upsample_maps
 
 
 def _check_map(anomaly_map: np.ndarray, argument: str) -> np.ndarray:
@@ -49,7 +49,7 @@ def overlay_heatmap(
     """Blends a colour-mapped anomaly map over an image.
 
     The map is resized to the image with the same bilinear interpolation as the pixel metrics
-    (:func:`anomaly_ov.eval.metrics.upsample_maps`), coloured with a matplotlib colormap and blended:
+    (:func:`anomaly_ov.data.crops.upsample_maps`), coloured with a matplotlib colormap and blended:
     ``out = (1 - alpha) * image + alpha * colour(map)``, rounded to 8 bits.
 
     Args:
