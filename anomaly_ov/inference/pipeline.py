@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
+from anomaly_ov.checkpoints.model_folder import load_anomaly_ov
 from anomaly_ov.data.crops import crop_map_to_image
 from anomaly_ov.data.tokens import IM_END
-from anomaly_ov.models.anomaly_ov import AnomalyOV, AnomalyOVGeneration
-from anomaly_ov.checkpoints.model_folder import load_anomaly_ov
+from anomaly_ov.models.anomaly_ov import AnomalyOV
+from anomaly_ov.models.outputs import AnomalyOVGeneration
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
