@@ -7,7 +7,7 @@ from transformers import LlavaOnevisionImageProcessor
 
 from anomaly_ov.data.crops import ImageCrops
 from anomaly_ov.data.features import build_feature_source
-from anomaly_ov.data.zsad import BadInputError, MVTecSource
+from anomaly_ov.data.zsad import MVTecSource
 from anomaly_ov.eval.zsad import evaluate_dataset
 from anomaly_ov.models.builders import build_expert, build_siglip_tower
 
@@ -37,8 +37,12 @@ def test_a_skipped_mask_is_reported_and_left_out_of_metrics_and_heatmaps(tiny_zo
     )
     expert = build_expert(vision_dim=64, expert_dim=32, grid=8)
     kwargs = {"heatmap_dir": tmp_path / "heatmaps", "heatmaps_per_class": 4}
-    with pytest.raises(BadInputError, match=r"001_mask\.png: mask size \(32, 32\) differs"):
-        evaluate_dataset("thing", samples, expert, source, **kwargs)
+    # without skip_bad nothing is raised: the class says why it was not evaluated (streamed: the images
+    # are screened with their masks) or why its pixel metrics are missing (cached: image metrics kept)
+    result = evaluate_dataset("thing", samples, expert, source, **kwargs)
+    reasons = [*result.failed_classes.values(), *result.problems.get("thing", [])]
+    assert len(reasons) == 1 and "001_mask.png: mask size (32, 32) differs" in reasons[0]
+    assert all(c.pixel_auroc is None for c in result.classes)
     result = evaluate_dataset("thing", samples, expert, source, skip_bad=True, **kwargs)
     assert [(s.path.rsplit("/", 1)[1], s.reason[:9]) for s in result.skipped] == [
         ("001_mask.png", "mask size")
