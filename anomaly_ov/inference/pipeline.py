@@ -21,30 +21,31 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from anomaly_ov.checkpoints.model_folder import load_anomaly_ov
+from anomaly_ov.config import config_dir as default_config_dir
 from anomaly_ov.data.crops import crop_map_to_image
 from anomaly_ov.data.tokens import IM_END
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.outputs import AnomalyOVGeneration
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
 
 def compose_config(
-    name: str, overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR
+    name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None
 ) -> DictConfig:
     """Composes a Hydra config (e.g. "chat", "predict") with command-line style overrides.
 
     Args:
         name: Config name in ``config_dir`` (without .yaml).
         overrides: Hydra overrides ("model/llm=llava_ov_05b", "paths.zoo_dir=/zoo", ...).
-        config_dir: The configs folder (default: the repository's ``configs``).
+        config_dir: The configs folder (default: :func:`anomaly_ov.config.config_dir`, the repository's
+            ``configs`` or the copy installed with the package).
 
     Raises:
         ValueError: With Hydra's own message, for an override that names no key, group or option.
     """
     try:
-        with initialize_config_dir(version_base=None, config_dir=str(Path(config_dir).resolve())):
+        folder = Path(config_dir) if config_dir is not None else default_config_dir()
+        with initialize_config_dir(version_base=None, config_dir=str(folder.resolve())):
             return compose(config_name=name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as error:
         raise ValueError(f"config {name!r} with overrides {list(overrides)}: {error}") from error
@@ -60,7 +61,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, config_name: str) -> No
     parser.add_argument(
         "--model", type=Path, default=None, help="a saved Anomaly-OV folder (replaces model.*)"
     )
-    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs folder")
+    parser.add_argument(
+        "--config-dir", type=Path, default=None, help="configs folder (default: the project's configs)"
+    )
     parser.add_argument(
         "--config-overrides",
         nargs="+",

@@ -58,7 +58,7 @@ def test_chat_answers_several_turns_and_prints_the_score(tiny_zoo, images, capsy
 def test_chat_reports_bad_input(tiny_zoo, images, capsys):
     folder, good = images
     assert chat.cli_main(["--image", str(folder / "broken.png"), "--question", "Hi?", *_zoo(tiny_zoo)]) == 2
-    assert f"cannot read image {folder / 'broken.png'}" in capsys.readouterr().err
+    assert f"{folder / 'broken.png'}: not a readable image" in capsys.readouterr().err
     assert (
         chat.cli_main(["--image", str(good[0]), "--question", "<image><image> Compare?", *_zoo(tiny_zoo)])
         == 2
@@ -85,7 +85,7 @@ def test_predict_on_a_folder_skips_broken_files_and_writes_the_rest(tiny_zoo, im
         for line in (out / "errors.jsonl").read_text().splitlines()
     }
     assert set(errors) == {str(folder / "broken.png"), str(folder / "small.png")}
-    assert "cannot read image" in errors[str(folder / "broken.png")]
+    assert "not a readable image" in errors[str(folder / "broken.png")]
     assert "smaller than the vision patch size 8" in errors[str(folder / "small.png")]
     assert (out / "config.yaml").is_file()
     assert "2 image(s) done, 2 failed" in capsys.readouterr().out
