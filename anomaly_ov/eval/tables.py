@@ -99,3 +99,90 @@ def class_table(
     lines += [row(class_name, values) for class_name, values in classes.items()]
     lines.append(row("**mean**", mean))
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------- Tables 1 and 2 beside the paper
+
+TABLE1_COLUMNS: dict[str, str] = {
+    "mvtec": "MVTec",
+    "visa": "VisA",
+    "headct": "HeadCT",
+    "brainmri": "BrainMRI",
+}
+"""Table 1's columns (image AUROC), in the paper's order."""
+
+PUBLISHED_TABLE1: dict[str, dict[str, float]] = {
+    row: dict(zip(TABLE1_COLUMNS, values, strict=True))
+    for row, values in {
+        "full": (94.0, 91.1, 97.6, 93.9),
+        "w/o look-back": (92.8, 90.5, 96.6, 93.5),
+        "w/o learned prompts": (92.1, 90.1, 94.7, 92.9),
+        "w/o Q-Former": (91.7, 89.9, 92.8, 95.1),
+        "w/o WebAD": (88.5, 88.9, 91.2, 93.4),
+    }.items()
+}
+"""The expert ablation of SPEC §7 (image AUROC, %), by row."""
+
+PAPER_ROW = "Anomaly-OV (paper)"
+
+
+def _delta(ours: float | None, published: float | None) -> str:
+    if ours is None or published is None:
+        return "–"
+    return f"{ours - published:+.1f}"
+
+
+def _average(values: Mapping[str, float | None], columns: Sequence[str]) -> float | None:
+    # an average over fewer columns than the paper's would not be comparable with its Avg
+    cells = [values.get(key) for key in columns]
+    return None if any(v is None for v in cells) else sum(cells) / len(cells)
+
+
+def table2_beside_paper(ours: Mapping[str, float | None]) -> str:
+    """Table 2 in the paper's layout: the compared methods, the paper's Anomaly-OV, ours and the difference.
+
+    Args:
+        ours: ``{dataset key: image AUROC in %}`` (None or absent: not measured, shown as "–"; the average
+            is shown only when all nine datasets are measured).
+
+    Returns:
+        A markdown table.
+    """
+    columns = list(TABLE2_COLUMNS)
+    titles = [TABLE2_COLUMNS[key] for key in columns]
+    lines = ["| Model | " + " | ".join(titles) + " | Avg |", "|---|" + "---|" * (len(columns) + 1)]
+    for model, values in PUBLISHED_TABLE2.items():
+        cells = [_cell(values[key]) for key in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {_cell(_average(values, columns))} |")
+    paper = PUBLISHED_TABLE2[PAPER_ROW]
+    mine = _average(ours, columns)
+    lines.append(
+        "| **Anomaly-OV (ours)** | " + " | ".join(_cell(ours.get(k)) for k in columns) + f" | {_cell(mine)} |"
+    )
+    deltas = [_delta(ours.get(k), paper[k]) for k in columns]
+    lines.append(
+        "| Δ ours − paper | " + " | ".join(deltas) + f" | {_delta(mine, _average(paper, columns))} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def table1_beside_paper(ours: Mapping[str, Mapping[str, float | None]]) -> str:
+    """Table 1 (expert ablation) in the paper's layout: per row the paper, ours and the difference.
+
+    Args:
+        ours: ``{row: {dataset key: image AUROC in %}}`` with the rows of :data:`PUBLISHED_TABLE1`.
+
+    Returns:
+        A markdown table.
+    """
+    columns = list(TABLE1_COLUMNS)
+    lines = [
+        "| Expert | | " + " | ".join(TABLE1_COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for row, paper in PUBLISHED_TABLE1.items():
+        mine = ours.get(row, {})
+        lines.append(f"| {row} | paper | " + " | ".join(_cell(paper[k]) for k in columns) + " |")
+        lines.append("| | **ours** | " + " | ".join(_cell(mine.get(k)) for k in columns) + " |")
+        lines.append("| | Δ | " + " | ".join(_delta(mine.get(k), paper[k]) for k in columns) + " |")
+    return "\n".join(lines) + "\n"
