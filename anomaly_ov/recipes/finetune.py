@@ -24,6 +24,7 @@ from anomaly_ov.data.conversation import tokenize_conversation
 from anomaly_ov.data.instruct import InstructDataset, InstructRecord, plan_lengths
 from anomaly_ov.data.mixture import load_mixture
 from anomaly_ov.models.processor import AnomalyOVProcessor
+from anomaly_ov.training.deepspeed import whole_weights_build
 from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
 from anomaly_ov.training.instruct import latest_step_checkpoint
 from anomaly_ov.training.tuning import apply_tuning, trainable_counts
@@ -139,7 +140,8 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
     set_seed(cfg.seed)
 
-    bundle = instantiate(cfg.model, _convert_="all")
+    with whole_weights_build(accelerator):
+        bundle = instantiate(cfg.model, _convert_="all")
     model, processor = bundle.model, bundle.processor
     apply_tuning(model, cfg.tuning)
     counts = trainable_counts(model)

@@ -192,6 +192,26 @@ def make_deepspeed_accelerator(
     return accelerator
 
 
+@contextmanager
+def whole_weights_build(accelerator: Accelerator) -> Iterator[None]:
+    """Models built inside the block load whole weights on every process (no ``deepspeed.zero.Init``).
+
+    accelerate registers its DeepSpeed config with transformers, whose ``from_pretrained`` then partitions
+    a ZeRO-3 model while loading it; the builders' checks (the expert's tower identity) need real weights,
+    and ``accelerator.prepare`` partitions the model anyway. (A 7B model in bf16 then takes ~15 GB of host
+    memory per process while it is built.)
+    """
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    plugin = accelerator.state.deepspeed_plugin
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if plugin is not None:
+            plugin.set_deepspeed_weakref()
+
+
 def zero_stage(accelerator: Accelerator) -> int:
     """The ZeRO stage of a DeepSpeed accelerator (0 without DeepSpeed)."""
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
@@ -209,10 +229,10 @@ def register_outside_parameters(module: nn.Module, parameters: list[nn.Parameter
         module: The module whose forward reads them (Anomaly-OV's top module).
         parameters: E.g. ``[model.llava.model.image_newline]``.
     """
-    from deepspeed.zero import register_external_parameter
+    import deepspeed
 
     for parameter in parameters:
-        register_external_parameter(module, parameter)
+        deepspeed.zero.register_external_parameter(module, parameter)
 
 
 def outside_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -230,9 +250,9 @@ def full_parameters(module: nn.Module, stage: int) -> Iterator[None]:
         with nullcontext():
             yield
         return
-    from deepspeed.zero import GatheredParameters
+    import deepspeed
 
-    with GatheredParameters(list(module.parameters()), modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
         yield
 
 

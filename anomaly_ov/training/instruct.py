@@ -289,7 +289,9 @@ class InstructTrainer:
         model = self.model
         if self.gradient_checkpointing:
             # non-reentrant: works with frozen inputs (LoRA on a frozen embedding) and with ZeRO-3
-            model.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.llava.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.llava.config.use_cache = False
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
