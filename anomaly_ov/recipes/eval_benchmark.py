@@ -26,20 +26,16 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from anomaly_ov.checkpoints import load_anomaly_ov
 from anomaly_ov.data.images import BadInputError, read_image
 from anomaly_ov.eval import detection as det
 from anomaly_ov.eval import mmad
 from anomaly_ov.eval import reasoning as rsn
 from anomaly_ov.eval.benchmark_tables import mmad_table, table4, table4_row
-from anomaly_ov.eval.records import BadRecordError, RecordChecker, write_skip_report
+from anomaly_ov.eval.records import BadRecordError, RecordChecker, SkippedRecord, write_skip_report
 from anomaly_ov.eval.results import ResultsWriter, finished_records, merge_results, shard, write_json
 from anomaly_ov.eval.text_similarity import RougeL, SentenceSimilarity
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline
-
-try:  # the saved-model loader is moving from models.checkpoint to the checkpoints package
-    from anomaly_ov.checkpoints import load_anomaly_ov
-except ImportError:  # pragma: no cover - until the move lands
-    from anomaly_ov.models.checkpoint import load_anomaly_ov
 
 RUN_FILE = "run.json"
 SKIPPED_FILE = "skipped_records.json"
@@ -420,7 +416,6 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if state.is_main_process:
         metrics = _summarize(cfg, out_dir, orders, world_size)
-        from anomaly_ov.eval.records import SkippedRecord
 
         runtime = merge_results(out_dir / SKIPPED_PARTS, "key", [])
         skipped = [s for c in checkers for s in c.skipped]

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from anomaly_ov.data.images import read_image
 from anomaly_ov.eval.detection import DETECTION_PROMPT, FastDetector, answer_tokens, is_yes
 from anomaly_ov.eval.results import read_jsonl
+from anomaly_ov.eval.yes_no_rig import rig_yes_no
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
 from anomaly_ov.recipes.eval_benchmark import eval_benchmark
 
@@ -59,43 +60,6 @@ def test_config_needs_only_the_benchmark_root():
     assert compose_config("eval_benchmark", ["judge=openai"]).judge.api_key_env == "OPENAI_API_KEY"
 
 
-def _answering_yes_or_no(model, processor, images, names) -> None:
-    """Rewrites the tiny LLM so that greedy decoding answers "Yes" or "No" (image-dependent), then stops.
-
-    The untrained model almost never starts with Yes/No, which would make the comparison vacuous. At the
-    answer's first position, the "Yes"/"No" rows of the output head get a large common term along the mean
-    final state u and an opposite term along the states' main direction of variation v (so the winner depends
-    on the image). The input embeddings of "Yes" and "No" are set to a large vector z orthogonal to every
-    first-position state, and <|im_end|>'s output row to a multiple of z, so the next token ends the answer.
-    """
-    tokenizer = processor.tokenizer
-    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "No"))
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    llava = model.llava
-    captured = []
-    hook = llava.lm_head.register_forward_hook(lambda _m, args, _o: captured.append(args[0][:, -1].detach()))
-    detector = FastDetector(model, processor, answer_tokens(tokenizer), DETECTION_PROMPT)
-    logits, _ = detector.next_token_logits(images, names)
-    hook.remove()
-    states = captured[0].double()
-    mean = states.mean(0)
-    u = mean / mean.norm()
-    v = torch.linalg.svd(states - mean, full_matrices=False).Vh[0]
-    z = torch.linalg.svd(states, full_matrices=True).Vh[-1]  # orthogonal to every first-position state
-    assert (states @ u).min() > 0
-    b = 3.0 / (states @ v).abs().median()
-    others = logits.double().max(dim=1).values.abs()
-    a = ((others + 10 + (b * states @ v).abs()) / (states @ u)).max()
-    with torch.no_grad():
-        head, embed = llava.lm_head.weight, llava.get_input_embeddings().weight
-        head[yes] = (a * u + b * v).to(head.dtype)
-        head[no] = (a * u - b * v).to(head.dtype)
-        scale = 100 * embed.norm(dim=1).max()
-        embed[yes] = (scale * z).to(embed.dtype)
-        embed[no] = (scale * z).to(embed.dtype)
-        head[end] = (1e3 * z).to(head.dtype)
-
-
 def test_fast_path_decides_as_greedy_generation(tiny_zoo, synthetic_data, tmp_path):
     cfg = compose_config("eval_benchmark", _overrides(tiny_zoo, synthetic_data.root, tmp_path / "x"))
     torch.manual_seed(0)
@@ -103,7 +67,8 @@ def test_fast_path_decides_as_greedy_generation(tiny_zoo, synthetic_data, tmp_pa
     records = json.loads(synthetic_data.test_data_json.read_text())
     names = [str(synthetic_data.root / r["image"]) for r in records]
     images = [read_image(n) for n in names]
-    _answering_yes_or_no(bundle.model, bundle.processor, images, names)
+    # the untrained model rarely says Yes/No: rewrite it to answer Yes or No (by image), then stop
+    rig_yes_no(bundle.model, bundle.processor, DETECTION_PROMPT, images, names)
 
     pipeline = AnomalyOVPipeline(bundle.model, bundle.processor, {"max_new_tokens": 6, "do_sample": False})
     replies = [
@@ -279,6 +244,34 @@ def test_judge_scores_through_a_local_endpoint(tiny_zoo, synthetic_data, tmp_pat
         server.stop()
     assert metrics["reasoning"]["low_level"]["judge"] == 6.0 and metrics["reasoning"]["judge_failures"] == 0
     assert "| 6.00 |" in (tmp_path / "j" / "table.md").read_text()
+
+
+def test_a_saved_model_folder_and_a_model_without_the_expert(tiny_zoo, synthetic_data, tmp_path):
+    from anomaly_ov.checkpoints import save_anomaly_ov
+
+    root = _benchmark_copy(synthetic_data, tmp_path)
+    records = json.loads((root / "visa_dr" / "test_data.json").read_text())[:6]
+    (root / "visa_dr" / "test_data.json").write_text(json.dumps(records))
+    extra = ["benchmark.tasks=[detection]", "generation.max_new_tokens=2"]
+    built = _run(tiny_zoo, root, tmp_path / "built", *extra)
+    cfg = compose_config("eval_benchmark", _overrides(tiny_zoo, root, tmp_path / "unused", *extra))
+    torch.manual_seed(int(cfg.seed))
+    bundle = instantiate(cfg.model, _convert_="all")
+    save_anomaly_ov(bundle.model, bundle.processor, tmp_path / "folder", cfg.model)
+    loaded = _run(tiny_zoo, root, tmp_path / "loaded", *extra, f"model_dir={tmp_path / 'folder'}")
+    assert read_jsonl(tmp_path / "loaded" / "detection.jsonl") == read_jsonl(
+        tmp_path / "built" / "detection.jsonl"
+    )
+    assert loaded["detection"] == built["detection"]
+    assert "| folder |" in (tmp_path / "loaded" / "table.md").read_text()  # the row is named after the folder
+
+    plain = _run(tiny_zoo, root, tmp_path / "plain", *extra, "model/expert=none")
+    assert plain["detection"]["expert"] is None  # no expert-alone row for plain LLaVA-OneVision
+    assert all(r["expert_score"] is None for r in read_jsonl(tmp_path / "plain" / "detection.jsonl"))
+    assert (
+        "expert alone, score >= 0.5 |"
+        not in (tmp_path / "plain" / "table.md").read_text().split("(paper)")[0]
+    )
 
 
 @pytest.mark.multiprocess
