@@ -16,7 +16,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from anomaly_ov.data.zsad import check_zero_shot, write_skipped
 from anomaly_ov.eval.tables import class_table, table2
-from anomaly_ov.eval.zsad import DatasetResult, evaluate_dataset
+from anomaly_ov.eval.zsad import DatasetResult, PixelMapSettings, evaluate_dataset
+from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert_io import load_expert_weights
 
 NO_WEIGHTS = (
@@ -105,6 +106,11 @@ def evaluated(cfg: DictConfig) -> Evaluated:
     )
 
 
+def image_aurocs(results: dict[str, DatasetResult]) -> dict[str, float]:
+    """Each dataset's mean image AUROC (datasets none of whose classes could be evaluated are absent)."""
+    return {name: r.mean["image_auroc"] for name, r in results.items() if "image_auroc" in r.mean}
+
+
 def tables_markdown(
     row_name: str, results: dict[str, DatasetResult], seen: list[str], published: bool
 ) -> str:
@@ -116,13 +122,19 @@ def tables_markdown(
         seen: Evaluated datasets the model was trained on (allowed by ``allow_seen``): flagged.
         published: Add the published rows of Table 2.
     """
-    aurocs = {row_name: {name: r.mean["image_auroc"] for name, r in results.items()}}
+    aurocs = {row_name: image_aurocs(results)}
     # allow_seen: the table must not pass a seen dataset's number off as zero-shot
     not_zero_shot = f"**Not zero-shot** (allow_seen=true): the model was trained on {', '.join(seen)}.\n"
     tables = [
         "## Zero-shot image AUROC (%), Table 2 layout\n",
         *([not_zero_shot] if seen else []),
         table2(aurocs, published=published),
+        # a class that could not be evaluated is left out of its dataset's mean: say so under the table
+        *(
+            f"- {name}: not evaluated: {', '.join(f'{c} ({why})' for c, why in r.failed_classes.items())}\n"
+            for name, r in results.items()
+            if r.failed_classes
+        ),
         "\n## Per-class metrics (%)\n",
         *(class_table(name, r.to_dict()["classes"], r.mean) + "\n" for name, r in results.items()),
     ]
@@ -157,6 +169,9 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
     if what.checkpoint is not None:
         load_expert_weights(expert, what.checkpoint)
     expert.to(device).eval()
+    if cfg.expert_dtype is not None:
+        # the release evaluates its expert in bfloat16; inputs follow the expert's dtype (eval.zsad)
+        expert.to(torch_dtype(cfg.expert_dtype))
     # The crops must be those the expert was trained on; the cache settings are this evaluation's.
     features_cfg = OmegaConf.merge(cfg.features, {"crops": what.crops})
     source = instantiate(features_cfg)(tower=tower, tower_spec=OmegaConf.to_container(what.model.vision))
@@ -186,6 +201,11 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
             num_workers=cfg.num_workers,
             pixel_size=cfg.pixel_size,
             max_fpr=cfg.max_fpr,
+            pixel_maps=PixelMapSettings(
+                source=cfg.pixel_maps.source,
+                smoothing_sigma=cfg.pixel_maps.smoothing_sigma,
+                aupro=cfg.pixel_maps.aupro,
+            ),
         )
     write_skipped([s for r in results.values() for s in r.skipped], what.out_dir / "skipped_files.json")
     run_dir = run_dir_of(cfg)
@@ -195,11 +215,12 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
         "checkpoint": None if what.checkpoint is None else str(what.checkpoint),
         "trained_on": what.trained_on,
         "seen_datasets_evaluated": seen,
+        "expert_dtype": str(next(expert.parameters()).dtype).removeprefix("torch."),
         "datasets": {name: result.to_dict() for name, result in results.items()},
     }
     (what.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     markdown = tables_markdown(what.row_name, results, seen, published=cfg.table.published)
     (what.out_dir / "table.md").write_text(markdown, encoding="utf-8")
-    print(table2({what.row_name: {name: r.mean["image_auroc"] for name, r in results.items()}}))
+    print(table2({what.row_name: image_aurocs(results)}))
     print(f"metrics, table and heat maps: {what.out_dir}")
     return metrics

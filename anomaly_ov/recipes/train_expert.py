@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ov.checkpoints.training_state import latest_checkpoint
-from anomaly_ov.data.zsad import check_zero_shot, write_skipped
+from anomaly_ov.data.zsad import InstructionSource, check_zero_shot, write_skipped
 from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
 
 
@@ -52,7 +52,8 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
     Returns:
         The training metrics, also written to ``<run_dir>/train_metrics.json``: ``losses`` (one per
         optimizer step), ``epoch_losses``, ``steps_per_epoch``, ``resumed_from_epoch``, ``num_samples``,
-        ``num_anomalous``, ``num_skipped``, ``num_processes``, ``expert`` (the safetensors path), ``seconds``.
+        ``num_anomalous``, ``num_skipped``, ``labels`` (per instruction source, how its records were
+        labelled), ``num_processes``, ``expert`` (the safetensors path), ``seconds``.
 
     Raises:
         ValueError: If ``run_dir`` holds checkpoints of another model or preprocessing.
@@ -76,7 +77,16 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
     sources = {name: instantiate(cfg.data.sources[name]) for name in cfg.data.train}
     # The run's own evaluation list must be unseen (the evaluation entrypoint checks again).
     check_zero_shot(sources, list(cfg.data.eval), allow_seen=cfg.allow_seen)
-    samples = [item for source in sources.values() for item in source.read()]
+    samples = []
+    # how each instruction file's records were labelled (rule counts, unlabelled), kept with the metrics
+    label_reports: dict[str, dict] = {}
+    for name, source in sources.items():
+        if isinstance(source, InstructionSource):
+            read, report = source.read_with_report()
+            label_reports[name] = report.to_dict()
+        else:
+            read = source.read()
+        samples += read
 
     tower = instantiate(cfg.model.vision).to(accelerator.device)
     expert = instantiate(cfg.model.expert)
@@ -126,6 +136,7 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
         "num_samples": len(kept),
         "num_anomalous": sum(item.label for item in kept),
         "num_skipped": len(prepared.skipped),
+        "labels": label_reports,
         "num_processes": accelerator.num_processes,
         "expert": str(result.expert_path),
         "seconds": time.perf_counter() - start,

@@ -1,0 +1,31 @@
+"""The SLURM launcher option (configs/hydra/launcher): composes onto every stage-1 sweep when the optional
+``cluster`` extra (hydra-submitit-launcher) is installed; skipped otherwise."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from anomaly_ov.config import config_dir
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra 'cluster' not installed")
+
+
+SWEEPS = [("train_expert", ["experiment=table2_anomaly_ov"]), ("eval_zsad", ["run_dir=runs/a"])]
+
+
+@pytest.mark.parametrize(("entry", "sweep"), SWEEPS)
+def test_slurm_launcher_composes_with_the_plugin_schema(entry, sweep):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            config_name=entry,
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", *sweep],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 720)
+    assert launcher.signal_delay_s == 120  # a field of the plugin's schema, not of our file
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        local = compose(config_name=entry, overrides=["hydra/launcher=slurm_local"], return_hydra_config=True)
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
