@@ -187,8 +187,16 @@ def gather(paths: Sequence[Path]) -> Gathered:
         cells: dict[str, float] = {}
         for run in runs:
             # the swap run gives MVTec AD only; the main run every other column
-            cells.update({k: v for k, v in run.aurocs.items() if (k == MVTEC) == run.is_swap})
-            out.notes.setdefault(row, []).extend(f"{run.task_name}: {note}" for note in run.notes)
+            given = {
+                k: v for k, v in run.aurocs.items() if (k == MVTEC) == run.is_swap and k in TABLE2_COLUMNS
+            }
+            cells.update(given)
+            notes = out.notes.setdefault(row, [])
+            notes.extend(f"{run.task_name}: {note}" for note in run.notes)
+            if not given:
+                notes.append(
+                    f"{run.task_name}: none of its datasets {sorted(run.aurocs)} is a column of this row"
+                )
         out.sources[row] = [str(run.metrics_path) for run in runs]
         out.table1[row] = {k: v for k, v in cells.items() if k in TABLE1_COLUMNS}
         if row == "full":
@@ -208,8 +216,10 @@ def _bar_chart(path: Path, title: str, groups: dict[str, tuple[dict[str, float],
         keys = list(published)
         positions = range(len(keys))
         axis.bar([p - 0.2 for p in positions], [published[k] for k in keys], 0.4, label="published")
-        axis.bar([p + 0.2 for p in positions], [ours.get(k, 0.0) for k in keys], 0.4, label="ours")
-        axis.set_xticks(list(positions), keys, rotation=45, ha="right")
+        # a dataset without our number gets no bar (NaN), not a bar at 0
+        axis.bar([p + 0.2 for p in positions], [ours.get(k, float("nan")) for k in keys], 0.4, label="ours")
+        titles = [TABLE2_COLUMNS.get(k, k) for k in keys]
+        axis.set_xticks(list(positions), titles, rotation=45, ha="right")
         axis.set_ylim(50, 100)
         axis.set_title(name)
         axis.set_ylabel("image AUROC (%)")
