@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -102,11 +103,11 @@ def deepspeed_config(
     }
 
 
-def _init_cpu_process_group() -> None:
+def _init_cpu_process_group(timeout_minutes: float) -> None:
     """Creates the gloo process group of a CPU run (DeepSpeed would otherwise ask for oneCCL)."""
     if torch.distributed.is_initialized() or torch.cuda.is_available():
         return
-    torch.distributed.init_process_group("gloo")
+    torch.distributed.init_process_group("gloo", timeout=timedelta(minutes=timeout_minutes))
 
 
 def _single_process_environment() -> None:
@@ -132,6 +133,7 @@ def make_deepspeed_accelerator(
     offload_optimizer: bool = False,
     offload_parameters: bool = False,
     gradient_clipping: float = 1.0,
+    timeout_minutes: float = 120.0,
     log_with: str | None = None,
     project_dir: str | None = None,
 ) -> Accelerator:
@@ -149,6 +151,8 @@ def make_deepspeed_accelerator(
         offload_optimizer: Optimizer state on the CPU.
         offload_parameters: Parameters on the CPU (ZeRO-3).
         gradient_clipping: Global gradient-norm clip (0 = off).
+        timeout_minutes: Collective-operation timeout: the other ranks wait this long for the main process's
+            pass over the mixture (it reads every image header before training).
         log_with: Experiment tracker ("wandb") or None.
         project_dir: Where trackers write.
 
@@ -159,7 +163,7 @@ def make_deepspeed_accelerator(
         ValueError: If ``global_batch_size`` is not a multiple of ``per_device_batch_size * processes``.
     """
     _single_process_environment()
-    _init_cpu_process_group()
+    _init_cpu_process_group(timeout_minutes)
     world = int(os.environ["WORLD_SIZE"])
     if global_batch_size is not None:
         per_step = per_device_batch_size * world
@@ -183,7 +187,8 @@ def make_deepspeed_accelerator(
     # so build-time checks (the expert's tower identity) read real weights.
     plugin = DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False)
     # on CPUs accelerate only distributes when told the backend (its cpu=True would turn DeepSpeed off)
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    backend = None if torch.cuda.is_available() else "gloo"
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=timeout_minutes))]
     accelerator = Accelerator(
         deepspeed_plugin=plugin, log_with=log_with, project_dir=project_dir, kwargs_handlers=handlers
     )
