@@ -190,9 +190,14 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
-def _require_dir(path: Path, what: str) -> Path:
+MVTEC_LAYOUT = "MVTec AD's layout <root>/<class>/{train/good, test/{good,<defect>}, ground_truth/<defect>}/"
+VISA_LAYOUT = "VisA's layout <root>/<class>/Data/{Images,Masks}/... with <root>/split_csv/1cls.csv"
+
+
+def _require_dir(path: Path, what: str, expected: str = "") -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: {path} is not a directory")
+        layout = f"; expected {expected}" if expected else ""
+        raise FileNotFoundError(f"{what} not found: {path} is not a directory{layout}")
     return path
 
 
@@ -223,7 +228,7 @@ class MVTecSource:
         """All samples of the chosen split and classes, sorted by class then path."""
         if self.split not in ("test", "train", "all"):
             raise ValueError(f"MVTecSource.split must be 'test', 'train' or 'all', got {self.split!r}")
-        root = _require_dir(Path(self.root), "MVTec-layout dataset root")
+        root = _require_dir(Path(self.root), "MVTec-layout dataset root", MVTEC_LAYOUT)
         names = sorted(self.classes) if self.classes is not None else [p.name for p in _subdirs(root)]
         splits = ("train", "test") if self.split == "all" else (self.split,)
         samples: list[AnomalySample] = []
@@ -233,7 +238,8 @@ class MVTecSource:
                 split_dir = class_dir / split
                 if split == "train" and not split_dir.is_dir():
                     continue
-                for defect_dir in _subdirs(_require_dir(split_dir, f"{split} split of class {name!r}")):
+                split_what = f"{split} split of class {name!r}"
+                for defect_dir in _subdirs(_require_dir(split_dir, split_what, MVTEC_LAYOUT)):
                     normal = defect_dir.name == "good"
                     for image in _image_files(defect_dir):
                         mask = None
@@ -277,10 +283,10 @@ class VisASource:
 
         if self.split not in ("test", "train", "all"):
             raise ValueError(f"VisASource.split must be 'test', 'train' or 'all', got {self.split!r}")
-        root = _require_dir(Path(self.root), "VisA root")
+        root = _require_dir(Path(self.root), "VisA root", VISA_LAYOUT)
         csv_path = root / self.split_csv
         if not csv_path.is_file():
-            raise FileNotFoundError(f"VisA split file not found: {csv_path}")
+            raise FileNotFoundError(f"VisA split file not found: {csv_path}; expected {VISA_LAYOUT}")
         header = csv_path.read_text(encoding="utf-8").splitlines()[0].strip().split(",")
         if tuple(header) != VISA_SPLIT_COLUMNS:
             raise ValueError(f"{csv_path}: expected the columns {list(VISA_SPLIT_COLUMNS)}, found {header}")

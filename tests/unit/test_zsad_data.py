@@ -64,6 +64,14 @@ def test_mvtec_layout_of_the_synthetic_data(synthetic_data):
     assert len(train) == meta["counts"]["pill"]["train_good"] and not any(item.label for item in train)
 
 
+def test_unexpected_layouts_name_the_folder_and_the_layout_expected(tmp_path):
+    _png(tmp_path / "bottle" / "images" / "000.png")  # no test/ split folder
+    with pytest.raises(FileNotFoundError, match=r"bottle/test is not a directory; expected MVTec AD's"):
+        MVTecSource(tmp_path).read()
+    with pytest.raises(FileNotFoundError, match=r"split_csv/1cls\.csv; expected VisA's layout"):
+        VisASource(tmp_path).read()
+
+
 def test_mvtec_anomalous_image_without_mask_is_an_error(tmp_path):
     _png(tmp_path / "bottle" / "test" / "good" / "000.png")
     _png(tmp_path / "bottle" / "test" / "broken" / "000.png")
