@@ -173,14 +173,19 @@ def benchmark(shapes: str, zoo: Path, work: Path, args: argparse.Namespace) -> d
         if shapes == "tiny":  # per-call overheads matter at this size; at 0.5B shapes the rig's pass warms up
             pipeline.answer([turns], [[images[0]]], [[names[0]]])
             detector.decide(images[:1], names[:1])
-        start = time.perf_counter()
-        replies = [pipeline.answer([turns], [[i]], [[n]])[0].text for i, n in zip(images, names, strict=True)]
-        release_s = time.perf_counter() - start
-        start = time.perf_counter()
-        fast = []
-        for i in range(0, len(images), args.batch_size):
-            fast += detector.decide(images[i : i + args.batch_size], names[i : i + args.batch_size])
-        fast_s = time.perf_counter() - start
+        # best of --repeats, the two protocols alternating: shared machines make single timings noisy
+        release_s = fast_s = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            replies = [
+                pipeline.answer([turns], [[i]], [[n]])[0].text for i, n in zip(images, names, strict=True)
+            ]
+            release_s = min(release_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            fast = []
+            for i in range(0, len(images), args.batch_size):
+                fast += detector.decide(images[i : i + args.batch_size], names[i : i + args.batch_size])
+            fast_s = min(fast_s, time.perf_counter() - start)
     greedy = [is_yes(r) for r in replies]
     starts = [r.startswith(("Yes", "yes", "No", "no")) for r in replies]
     crops = [processor.encode_images([image]).pixel_values.shape[0] for image in images[:1]]
@@ -190,6 +195,8 @@ def benchmark(shapes: str, zoo: Path, work: Path, args: argparse.Namespace) -> d
         "image_size": list(images[0].size),
         "crops_per_image": crops[0],
         "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
         "release_images_per_s": len(images) / release_s,
         "fast_images_per_s": len(images) / fast_s,
         "speedup": release_s / fast_s,
@@ -214,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         "--images", type=int, default=None, help="images (default: 21 tiny, 3 at 0.5B shapes)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="fast-path prompts per forward")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs, best kept (default: 3 tiny, 1 0.5B)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--llm-layers", type=int, default=2, help="Qwen2 layers at 0.5B shapes (real: 24)")
     parser.add_argument(
         "--vision-layers", type=int, default=4, help="SigLIP layers at 0.5B shapes (real: 26)"
@@ -225,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.vision_layers < 4:
         parser.error("--vision-layers must be at least 4 (the expert reads four levels)")
     shapes = ["tiny", "llava_ov_05b"] if args.shapes == "both" else [args.shapes]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         zoo = args.zoo
@@ -234,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             zoo = build_tiny_zoo(work / "zoo", seed=0).root
         for name in shapes:
             count = args.images if args.images is not None else (21 if name == "tiny" else 3)
-            figures = benchmark(name, zoo, work, argparse.Namespace(**{**vars(args), "images": count}))
+            repeats = args.repeats if args.repeats is not None else (3 if name == "tiny" else 1)
+            settings = argparse.Namespace(**{**vars(args), "images": count, "repeats": repeats})
+            figures = benchmark(name, zoo, work, settings)
             print(json.dumps(figures), flush=True)
     return 0
 
