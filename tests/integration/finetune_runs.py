@@ -70,13 +70,11 @@ def logged(run_dir: Path) -> list[dict]:
 _REFERENCES: dict[tuple[str, str], tuple[Path, dict]] = {}
 
 
-def reference_run(zoo, data) -> tuple[Path, dict]:
+def reference_run(zoo, data, tmp_path_factory) -> tuple[Path, dict]:
     """The uninterrupted 1-process ZeRO-2 run of :func:`overrides` (run once per test session)."""
     key = (str(zoo.root), str(data.root))
     if key not in _REFERENCES:
-        import tempfile
-
-        out = Path(tempfile.mkdtemp(prefix="finetune_reference_"))
+        out = tmp_path_factory.mktemp("finetune_reference")
         run_dir = out / "run"
         _REFERENCES[key] = (run_dir, run_finetune(run_dir, overrides(out, zoo, data)))
     return _REFERENCES[key]

@@ -17,8 +17,8 @@ from anomaly_ov.cli import main as cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_tiny_run_trains_and_logs_every_step(tiny_zoo, synthetic_data):
-    run_dir, metrics = reference_run(tiny_zoo, synthetic_data)
+def test_tiny_run_trains_and_logs_every_step(tiny_zoo, synthetic_data, tmp_path_factory):
+    run_dir, metrics = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     assert metrics["finished"] and metrics["num_processes"] == 1 and metrics["num_samples"] == 8
     assert metrics["total_steps"] == 4 and len(metrics["losses"]) == 4
     assert metrics["losses"][-1] < metrics["losses"][0]
@@ -34,8 +34,8 @@ def test_tiny_run_trains_and_logs_every_step(tiny_zoo, synthetic_data):
     assert saved.tuning == "lora" and saved.trainer.accelerator.zero_stage == 2
 
 
-def test_interrupted_run_resumes_to_the_same_losses(tiny_zoo, synthetic_data, tmp_path):
-    _, reference = reference_run(tiny_zoo, synthetic_data)
+def test_interrupted_run_resumes_to_the_same_losses(tiny_zoo, synthetic_data, tmp_path, tmp_path_factory):
+    _, reference = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     arguments = overrides(tmp_path, tiny_zoo, synthetic_data)
     run_dir = tmp_path / "run"
     first = run_finetune(run_dir, [*arguments, "trainer.fit.stop_after_steps=3"])
@@ -53,10 +53,10 @@ def _batch(processor, data):
     return processor([record["conversations"]], [[image]], add_generation_prompt=False, padding_side="right")
 
 
-def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data):
+def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data, tmp_path_factory):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    run_dir, metrics = reference_run(tiny_zoo, synthetic_data)
+    run_dir, metrics = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     loaded = load_anomaly_ov(metrics["model"])
     # the trained weights as DeepSpeed's final checkpoint holds them, put into a freshly built model
     trained = get_fp32_state_dict_from_zero_checkpoint(
@@ -76,8 +76,10 @@ def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data):
     assert (actual - before).abs().max() > 1e-3  # training changed the model
 
 
-def test_predict_and_chat_load_the_exported_folder(tiny_zoo, synthetic_data, tmp_path, capsys):
-    _, metrics = reference_run(tiny_zoo, synthetic_data)
+def test_predict_and_chat_load_the_exported_folder(
+    tiny_zoo, synthetic_data, tmp_path, capsys, tmp_path_factory
+):
+    _, metrics = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     record = json.loads(synthetic_data.instruct_json.read_text())[0]
     image = synthetic_data.root / record["image"]
     code = cli(
@@ -95,3 +97,6 @@ def test_predict_and_chat_load_the_exported_folder(tiny_zoo, synthetic_data, tmp
     assert code == 0
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 1 and 0 <= json.loads(lines[0])["score"] <= 1
+    capsys.readouterr()
+    assert cli(["chat", "--model", metrics["model"], "--image", str(image), "--question", "Any defect?"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -17,8 +17,8 @@ def _same_weights_everywhere(metrics: dict, reference: dict) -> None:
 
 
 @pytest.mark.multiprocess
-def test_zero3_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path):
-    _, reference = reference_run(tiny_zoo, synthetic_data)
+def test_zero3_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path, tmp_path_factory):
+    _, reference = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     arguments = overrides(
         tmp_path, tiny_zoo, synthetic_data, "trainer=stage2/zero3", "trainer.accelerator.bf16=false"
     )
@@ -31,8 +31,8 @@ def test_zero3_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_zero2_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path):
-    _, reference = reference_run(tiny_zoo, synthetic_data)
+def test_zero2_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path, tmp_path_factory):
+    _, reference = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     arguments = overrides(
         tmp_path, tiny_zoo, synthetic_data, "trainer=stage2/zero2", "trainer.accelerator.bf16=false"
     )
@@ -44,8 +44,10 @@ def test_zero2_two_processes_equal_one(tiny_zoo, synthetic_data, tmp_path):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow  # two 2-process launches: ~2 minutes on 2 shared cores
-def test_zero2_two_processes_interrupted_and_resumed_equal_one(tiny_zoo, synthetic_data, tmp_path):
-    _, reference = reference_run(tiny_zoo, synthetic_data)
+def test_zero2_two_processes_interrupted_and_resumed_equal_one(
+    tiny_zoo, synthetic_data, tmp_path, tmp_path_factory
+):
+    _, reference = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
     arguments = overrides(
         tmp_path, tiny_zoo, synthetic_data, "trainer=stage2/zero2", "trainer.accelerator.bf16=false"
     )
