@@ -2,7 +2,7 @@
 generation, batch 1), on the same model and images, at equal decisions.
 
     python scripts/benchmark_detection.py                       # tiny zoo model, then LLaVA-OV-0.5B shapes
-    python scripts/benchmark_detection.py --shapes tiny --images 21
+    python scripts/benchmark_detection.py --shapes tiny --images 21 --threads 1    # steadier on a shared CPU
     python scripts/benchmark_detection.py --shapes llava_ov_05b --images 3 --llm-layers 2 --vision-layers 4
 
 Models (random weights, nothing downloaded):
