@@ -12,6 +12,8 @@ everywhere:
 * every failure is a :class:`BadInputError` naming the file.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,20 @@ def limit_side(image: Image.Image, max_side: int | None) -> Image.Image:
     return image if size == image.size else image.resize(size)
 
 
+@contextmanager
+def _opened(path: str | Path, failure: str) -> Iterator[Image.Image]:
+    """Opens an image file; every way it can fail becomes a :class:`BadInputError` naming the file."""
+    try:
+        with Image.open(path) as handle:
+            yield handle
+    except FileNotFoundError:
+        raise BadInputError(path, "image file not found") from None
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not a readable image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadInputError(path, f"{failure} ({error})") from None
+
+
 def read_image(path: str | Path, max_side: int | None = RELEASE_MAX_IMAGE_SIDE) -> Image.Image:
     """Reads an image file as the models see it: decoded, upright, RGB, long side limited.
 
@@ -119,17 +135,10 @@ def read_image(path: str | Path, max_side: int | None = RELEASE_MAX_IMAGE_SIDE) 
     Raises:
         BadInputError: If the file is missing, not an image, or truncated (the message names the file).
     """
-    try:
-        with Image.open(path) as handle:
-            # Decoding every pixel here makes a truncated file fail now, not later in a worker.
-            handle.load()
-            image = to_rgb(ImageOps.exif_transpose(handle))
-    except FileNotFoundError:
-        raise BadInputError(path, "image file not found") from None
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not a readable image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise BadInputError(path, f"unreadable or truncated image ({error})") from None
+    with _opened(path, "unreadable or truncated image") as handle:
+        # Decoding every pixel here makes a truncated file fail now, not later in a worker.
+        handle.load()
+        image = to_rgb(ImageOps.exif_transpose(handle))
     return limit_side(image, max_side)
 
 
@@ -143,16 +152,9 @@ def image_size(path: str | Path, max_side: int | None = None) -> tuple[int, int]
     Raises:
         BadInputError: If the file is missing or not an image.
     """
-    try:
-        with Image.open(path) as handle:
-            width, height = handle.size
-            orientation = _exif_orientation(handle)
-    except FileNotFoundError:
-        raise BadInputError(path, "image file not found") from None
-    except UnidentifiedImageError:
-        raise BadInputError(path, "not a readable image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise BadInputError(path, f"unreadable image ({error})") from None
+    with _opened(path, "unreadable image") as handle:
+        width, height = handle.size
+        orientation = _exif_orientation(handle)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     return limited_size(width, height, max_side)
