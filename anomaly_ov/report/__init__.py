@@ -11,10 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from anomaly_ov.report.document import ReportInputs, build_report
 from anomaly_ov.report.inputs import ReportInputError
 
-__all__ = ["ReportInputError", "ReportInputs", "build_report", "cli_main"]
+__all__ = ["ReportInputError", "cli_main"]
 
 
 def _named(values: list[str] | None, option: str) -> dict[str, Path]:
@@ -57,6 +56,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timings", type=Path, help="stage<TAB>seconds lines")
     parser.add_argument("--out", required=True, type=Path, help="the report folder (replaced as a whole)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # imported here: the builder pulls in matplotlib and the evaluation code, which the demo's data split
+    # (anomaly_ov.report.demo_data, same package) does not need
+    from anomaly_ov.report.document import ReportInputs, build_report
+
     try:
         inputs = ReportInputs(
             stage1=args.stage1,

@@ -153,25 +153,6 @@ def _zero_shot_section(zero_shot: ZeroShotEval, assets: Path) -> str:
         "",
         zero_shot.table,
     ]
-    header = ["Dataset / class", "images", "image AUROC", "image AP", "image F1-max", "pixel AUROC", "AUPRO"]
-    rows = []
-    for dataset, values in zero_shot.metrics["datasets"].items():
-        for name, metrics in sorted(values.get("classes", {}).items()):
-            rows.append(
-                [f"{dataset} / {name}", metrics.get("num_images", "–")]
-                + [
-                    _number(metrics.get(k))
-                    for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc")
-                ]
-                + [_number(metrics.get("aupro"))]
-            )
-        mean = values.get("mean", {})
-        rows.append(
-            [f"**{dataset} mean**", values.get("num_images", "–")]
-            + [_number(mean.get(k)) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc")]
-            + [_number(mean.get("aupro"))]
-        )
-    lines += ["Per class:", "", _markdown_table(header, rows)]
     if zero_shot.heatmaps:
         lines += ["Heat maps of the expert (anomaly map over each test image, per held-out class):", ""]
         target = assets / "heatmaps"

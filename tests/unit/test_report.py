@@ -15,8 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_ov.eval.detection import summarize_detection
 from anomaly_ov.eval.reasoning import summarize_reasoning
-from anomaly_ov.report import ReportInputError, ReportInputs, build_report, cli_main
+from anomaly_ov.report import ReportInputError, cli_main
 from anomaly_ov.report.demo_data import split_instruct
+from anomaly_ov.report.document import ReportInputs, build_report
 from anomaly_ov.report.figures import moving_average, roc_curves
 
 TRAIN = ("brick", "pill")
