@@ -17,10 +17,8 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list, set_seed
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from anomaly_ov.checkpoints import save_anomaly_ov
-from anomaly_ov.data.conversation import tokenize_conversation
 from anomaly_ov.data.instruct import InstructDataset, InstructRecord, plan_lengths
 from anomaly_ov.data.mixture import load_mixture
 from anomaly_ov.models.processor import AnomalyOVProcessor
@@ -40,30 +38,19 @@ _RESUME_KEYS = ("model", "tuning", "data", "seed", "optimizer", "scheduler")
 class SampleLengths:
     """``length_fn`` of :func:`~anomaly_ov.data.instruct.plan_lengths`: a record's token ids from image sizes.
 
-    The reserved positions of an image depend only on its size, so the expansion of each distinct list of
-    sizes is computed once (from a blank image of that size, through the processor itself) and cached; only
-    the text is tokenized per record.
+    The reserved positions of an image depend only on its size, so the processor computes them from the
+    header sizes alone (:meth:`~anomaly_ov.models.processor.AnomalyOVProcessor.token_ids`): no pixels are
+    read or processed before training starts.
     """
 
     def __init__(self, processor: AnomalyOVProcessor) -> None:
         self.processor = processor
-        self._expansions: dict[tuple[tuple[int, int], ...], list[str]] = {}
 
     def __call__(self, record: InstructRecord, sizes: Sequence[tuple[int, int]]) -> list[int]:
         """The token ids of ``record`` when its images have ``sizes`` ((width, height) each)."""
-        key = tuple((int(w), int(h)) for w, h in sizes)
-        if key and key not in self._expansions:
-            blanks = [Image.new("RGB", size) for size in key]
-            self._expansions[key] = self.processor.encode_images(blanks).expansions
-        processor = self.processor
-        return tokenize_conversation(
-            record.conversations,
-            processor.tokenizer,
-            image_expansions=self._expansions.get(key, []),
-            system_prompt=processor.system_prompt,
-            source=record.name,
-            label_rule=processor.label_rule,
-        ).input_ids
+        return self.processor.token_ids(
+            record.conversations, [(int(h), int(w)) for w, h in sizes], source=record.name
+        )
 
 
 def check_resumable(config_path: Path, resolved: dict) -> None:

@@ -218,10 +218,10 @@ def test_synthetic_mixture_prepass_is_exact_and_fast(tmp_path, synthetic_data, p
     def encode(turns, images, *, source, image_names):
         return processor.encode(turns, images, source=source, image_names=image_names)
 
-    def length_fn(record, sizes):
-        # the expansion depends only on the sizes, so blank images of those sizes give the exact ids
-        blanks = [Image.new("RGB", size) for size in sizes]
-        return processor.encode(record.conversations, blanks, source=record.name).input_ids
+    from anomaly_ov.recipes.finetune import SampleLengths
+
+    # the trainer's length_fn: token ids from the header sizes alone (no pixels)
+    length_fn = SampleLengths(processor)
 
     started = time.perf_counter()
     plan = plan_lengths(records, synthetic_data.root, length_fn, processor.reserved_ids)
@@ -330,3 +330,26 @@ def test_dataset_in_dataloader_workers_over_an_arrow_record_table(tmp_path):
     samples = list(loader)
     assert sorted(s.index for s in samples) == [0, 1, 2]
     assert {s.index: len(s.input_ids) for s in samples} == {0: 11, 1: 12, 2: 11}
+
+
+@pytest.mark.parametrize("sizes", [[(120, 80)], [(80, 200)], [(64, 64), (90, 70)]])
+def test_trainer_length_fn_equals_the_encoded_ids_for_non_square_images(processor, sizes):
+    """SampleLengths gets (width, height) header sizes; the ids equal a full encoding of such images."""
+    from anomaly_ov.recipes.finetune import SampleLengths
+
+    images = tuple(f"{i}.png" for i in range(len(sizes)))
+    record = validate_record(
+        {
+            "id": "x",
+            "image": list(images) if len(images) > 1 else images[0],
+            "conversations": [
+                {"from": "human", "value": "<image>\n" * len(images) + "Is there a defect?"},
+                {"from": "gpt", "value": "No."},
+            ],
+        },
+        "mix.json",
+        0,
+    )
+    blanks = [Image.new("RGB", size) for size in sizes]
+    expected = processor.encode(record.conversations, blanks).input_ids
+    assert SampleLengths(processor)(record, sizes) == expected
