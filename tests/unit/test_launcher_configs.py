@@ -1,5 +1,7 @@
-"""The SLURM launcher option (configs/hydra/launcher): composes onto every stage-1 sweep when the optional
-``cluster`` extra (hydra-submitit-launcher) is installed; skipped otherwise."""
+"""The SLURM launcher option (configs/hydra/launcher): composes onto every stage-1 sweep with the plugin's
+schema (hydra-submitit-launcher: the optional extra ``cluster`` for users, part of ``dev`` for the tests)."""
+
+import importlib.util
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -7,7 +9,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from anomaly_ov.config import config_dir
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra 'cluster' not installed")
+
+def test_the_plugin_is_installed_for_the_tests():
+    assert importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 
 
 SWEEPS = [("train_expert", ["experiment=table2_anomaly_ov"]), ("eval_zsad", ["run_dir=runs/a"])]
