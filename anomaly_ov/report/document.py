@@ -308,7 +308,7 @@ def _predict_section(folder: Path, assets: Path) -> str:
         raise ReportInputError(f"{folder / 'predictions.jsonl'}: no predictions")
     rows = [
         [
-            f"`{Path(str(r.get('image'))).name}`",
+            f"`{'/'.join(Path(str(r.get('image'))).parts[-2:])}`",
             _number(r.get("score")),
             r.get("severity", "–"),
             repr(r.get("answer")),
