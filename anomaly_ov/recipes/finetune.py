@@ -23,7 +23,7 @@ from anomaly_ov.data.instruct import InstructDataset, InstructRecord, plan_lengt
 from anomaly_ov.data.mixture import load_mixture
 from anomaly_ov.models.processor import AnomalyOVProcessor
 from anomaly_ov.training.deepspeed import whole_weights_build
-from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
+from anomaly_ov.training.distributed import quiet_other_ranks, shutdown, start_trackers
 from anomaly_ov.training.instruct import latest_step_checkpoint
 from anomaly_ov.training.tuning import apply_tuning, trainable_counts
 
@@ -156,12 +156,8 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         model_max_length=cfg.data.model_max_length,
     )
     if cfg.logger.log_with:
-        accelerator.init_trackers(
-            cfg.logger.project,
-            config=resolved,
-            init_kwargs={
-                cfg.logger.log_with: {"mode": cfg.logger.mode, "dir": str(run_dir), "name": run_dir.name}
-            },
+        start_trackers(
+            accelerator, cfg.logger.log_with, cfg.logger.project, cfg.logger.mode, resolved, run_dir
         )
     trainer = instantiate(cfg.trainer.fit)(
         model=model,

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ov.checkpoints.training_state import latest_checkpoint
 from anomaly_ov.data.zsad import InstructionSource, check_zero_shot, write_skipped
-from anomaly_ov.training.distributed import quiet_other_ranks, shutdown
+from anomaly_ov.training.distributed import quiet_other_ranks, shutdown, start_trackers
 
 
 def check_resumable(config_path: Path, resolved: dict) -> None:
@@ -105,12 +105,8 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
     if accelerator.is_main_process:
         write_skipped(prepared.skipped, run_dir / "skipped_files.json")
     if cfg.logger.log_with:
-        accelerator.init_trackers(
-            cfg.logger.project,
-            config=resolved,
-            init_kwargs={
-                cfg.logger.log_with: {"mode": cfg.logger.mode, "dir": str(run_dir), "name": run_dir.name}
-            },
+        start_trackers(
+            accelerator, cfg.logger.log_with, cfg.logger.project, cfg.logger.mode, resolved, run_dir
         )
 
     trainer = instantiate(cfg.trainer.fit)(

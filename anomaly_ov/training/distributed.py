@@ -13,6 +13,7 @@ batches. The last, smaller batch of an epoch is kept when every rank gets at lea
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +119,31 @@ def make_accelerator(
         project_dir: Where trackers write.
     """
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir)
+
+
+def start_trackers(
+    accelerator: Accelerator,
+    log_with: str,
+    project: str,
+    mode: str,
+    config: dict,
+    run_dir: Path,
+) -> None:
+    """Starts the experiment tracker (wandb, offline by default) writing into the run folder.
+
+    Args:
+        accelerator: The run's accelerator (built with ``log_with``).
+        log_with: Tracker name ("wandb").
+        project: Tracker project.
+        mode: Tracker mode ("offline", "online", "disabled").
+        config: The resolved run config, recorded with the run.
+        run_dir: The run folder (the tracker's files go there; the run is named after it).
+    """
+    accelerator.init_trackers(
+        project,
+        config=config,
+        init_kwargs={log_with: {"mode": mode, "dir": str(run_dir), "name": run_dir.name}},
+    )
 
 
 def quiet_other_ranks(is_main_process: bool) -> None:
