@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_ov.checkpoints.model_folder import save_anomaly_ov
 from anomaly_ov.inference import chat, predict
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
-from anomaly_ov.checkpoints.model_folder import save_anomaly_ov
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,9 +20,9 @@ from transformers import (
 )
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
+from anomaly_ov.checkpoints.model_folder import load_anomaly_ov, save_anomaly_ov
 from anomaly_ov.data.tokens import anomaly_token_count
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
-from anomaly_ov.checkpoints.model_folder import load_anomaly_ov, save_anomaly_ov
 
 QUESTION = [{"from": "human", "value": "<image>\nIs there any anomaly in the image?"}]
 

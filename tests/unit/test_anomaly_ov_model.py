@@ -561,7 +561,8 @@ def test_without_expert_logits_equal_transformers_llava_onevision(tiny_zoo):
     ids = batch["input_ids"][0].tolist()
     assert ids.count(processor.placeholders.image) > 0
     assert set(ids) & set(tiny_zoo_reserved(processor)) == set()
-    reference_model = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_zoo.root / "llava_ov").eval()
+    folder = tiny_zoo.root / "llava_ov"
+    reference_model = LlavaOnevisionForConditionalGeneration.from_pretrained(folder).eval()
     base = LlavaOnevisionProcessor.from_pretrained(tiny_zoo.root / "llava_ov")
     reference_inputs = base.image_processor([image], return_tensors="pt")
     with torch.no_grad():

@@ -77,15 +77,17 @@ def test_a_1500x1000_image_gets_the_release_2x3_tile_grid_not_3x4(tmp_path):
 
 def test_reader_errors_name_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(BadInputError, match="broken.png"):
+    with pytest.raises(BadInputError, match=r"broken\.png"):
         read_image(tmp_path / "broken.png")
-    with pytest.raises(BadInputError, match="missing.png"):
+    with pytest.raises(BadInputError, match=r"missing\.png"):
         read_image(tmp_path / "missing.png")
 
 
 def test_single_crop_is_llava_onevision_padded_square():
     """One meaning of "single crop": the image padded (centred) to a square, as LLaVA-OV encodes views."""
-    processor = LlavaOnevisionImageProcessor(size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32]])
+    processor = LlavaOnevisionImageProcessor(
+        size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32]]
+    )
     image = Image.new("RGB", (64, 32), (255, 255, 255))  # wide white image
     crops = anyres_crops(processor, [image], single_crop=True)
     assert crops.crops_per_image == [1] and crops.single_crop
