@@ -19,7 +19,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=
 # spinning made stage 1 ten times slower in some epochs (11 s instead of 1 s)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 py="${ANOMALY_OV_VENV:-.venv}/bin/python"
-out=${ANOMALY_OV_OUTPUTS:-outputs}
+# absolute, so that paths handed to the commands mean the same whatever folder a command resolves them from
+out=$(realpath -m "${ANOMALY_OV_OUTPUTS:-outputs}")
 quick=${ANOMALY_OV_DEMO_QUICK:-0}
 paths=("paths.output_root=$out")
 runs="$out/runs"
