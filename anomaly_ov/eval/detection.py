@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from anomaly_ov.eval.metrics import image_auroc, image_average_precision
-from anomaly_ov.eval.records import RecordChecker, load_benchmark_json
+from anomaly_ov.eval.records import RecordChecker, image_entries
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
@@ -86,12 +86,7 @@ def read_detection_records(
     checker = RecordChecker(path, skip_bad_records)
     records = []
     seen: set[str] = set()
-    for index, entry in enumerate(load_benchmark_json(path, list)):
-        image = entry.get("image") if isinstance(entry, dict) else None
-        name = f"#{index} ({image})" if isinstance(image, str) else f"#{index}"
-        if not isinstance(image, str) or not image:
-            checker.bad(name, "'image' must be a non-empty string")
-            continue
+    for name, image, entry in image_entries(path, checker):
         if not isinstance(entry.get("anomaly"), bool):
             checker.bad(name, f"'anomaly' must be true or false, got {entry.get('anomaly')!r}")
             continue

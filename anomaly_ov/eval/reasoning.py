@@ -20,7 +20,7 @@ from PIL import Image
 from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 from anomaly_ov.eval.detection import class_of
 from anomaly_ov.eval.judge import LLMJudge
-from anomaly_ov.eval.records import RecordChecker, load_benchmark_json
+from anomaly_ov.eval.records import RecordChecker, image_entries
 from anomaly_ov.eval.text_similarity import RougeL, SentenceSimilarity
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline
 
@@ -72,12 +72,7 @@ def read_reasoning_records(
     records: list[ReasoningRecord] = []
     by_class = 0
     seen: set[str] = set()
-    for index, entry in enumerate(load_benchmark_json(path, list)):
-        image = entry.get("image") if isinstance(entry, dict) else None
-        name = f"#{index} ({image})" if isinstance(image, str) else f"#{index}"
-        if not isinstance(image, str) or not image:
-            checker.bad(name, "'image' must be a non-empty string")
-            continue
+    for name, image, entry in image_entries(path, checker):
         try:
             class_name = class_of(image)
         except ValueError as error:

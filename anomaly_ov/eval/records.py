@@ -7,6 +7,7 @@ explicit ``skip_bad_records`` option, an entry of the skip report written beside
 """
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,27 @@ def load_benchmark_json(path: str | Path, expected: type) -> Any:
     if not isinstance(value, expected):
         raise ValueError(f"{path}: expected a JSON {expected.__name__}, found {type(value).__name__}")
     return value
+
+
+def image_entries(path: str | Path, checker: RecordChecker) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """The records of a VisA-D&R-style list file that name an image, each with its name for messages.
+
+    A record that is not an object or has no non-empty ``image`` string goes to ``checker``.
+
+    Args:
+        path: The benchmark file (a JSON list).
+        checker: Raises on, or collects, the bad records.
+
+    Yields:
+        ``(name, image, record)``: the record's name (``#<index> (<image>)``), its image path and the record.
+    """
+    for index, entry in enumerate(load_benchmark_json(path, list)):
+        image = entry.get("image") if isinstance(entry, dict) else None
+        name = f"#{index} ({image})" if isinstance(image, str) else f"#{index}"
+        if not isinstance(image, str) or not image:
+            checker.bad(name, "'image' must be a non-empty string")
+            continue
+        yield name, image, entry
 
 
 def write_skip_report(path: str | Path, skipped: list[SkippedRecord]) -> None:
