@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_files import png as _png  # same folder (on sys.path)
+from image_files import truncated as _truncated
 from PIL import Image
 
 from anomaly_ov.data.manifest import read_manifest
@@ -20,22 +22,6 @@ from anomaly_ov.data.prepare.elpv import elpv_label, read_elpv
 from anomaly_ov.data.prepare.layouts import LayoutError
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _png(path: Path, size: tuple[int, int] = (16, 12), value: int = 128, mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    Image.fromarray(np.full(shape, value, np.uint8), mode=mode).save(path)
-    return path
-
-
-def _truncated(path: Path) -> Path:
-    """A noise PNG cut in the middle of its pixel data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
 
 
 def _prepared(dataset: str, root: Path, capsys, *options: str) -> list:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_files import png as _png  # same folder (on sys.path)
+from image_files import truncated as _truncated
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -25,22 +27,6 @@ from anomaly_ov.data.zsad import (
 )
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _png(path: Path, size: tuple[int, int] = (16, 12), value: int = 128, mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    Image.fromarray(np.full(shape, value, np.uint8), mode=mode).save(path)
-    return path
-
-
-def _truncated(path: Path) -> Path:
-    """A noise PNG cut in the middle of its pixel data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
 
 
 # ----------------------------------------------------------------------------------- published layouts
@@ -237,7 +223,6 @@ def test_synthetic_data_config_matches_the_generator(synthetic_data):
 
 
 def test_sixteen_bit_images_keep_their_range(tmp_path):
-    from PIL import Image
 
     # A 16-bit grayscale ramp (e.g. CT/MRI): scaled to 8 bits, not clipped white above 255.
     values = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
