@@ -42,49 +42,21 @@ VARIANTS = ("full_logits", "labelled", "full_ft", "zero2", "zero3")
 
 def build_model(vision_layers: int, llm_layers: int, tuning: str):
     """The reduced-depth 0.5B-width Anomaly-OV with random weights (seeded, so every variant is the same)."""
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        Qwen2Config,
-        SiglipVisionConfig,
-    )
+    from dataclasses import replace
+
+    from transformers import LlavaOnevisionForConditionalGeneration
 
     from anomaly_ov.data.tokens import SEVERITY_WORDS, PlaceholderTokens
     from anomaly_ov.models.anomaly_ov import AnomalyOV
     from anomaly_ov.models.builders import build_expert
     from anomaly_ov.models.mllm_builders import apply_lora, build_lora
     from anomaly_ov.training.tuning import apply_tuning
+    from anomaly_ov.zoo.shapes import LLAVA_OV_05B, llava_onevision_config
 
     torch.manual_seed(0)
-    vision = SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=llm_layers,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=True,
-    )
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_TOKEN,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)],
-        vision_aspect_ratio="anyres_max_9",
-        tie_word_embeddings=True,
-    )
+    shape = replace(LLAVA_OV_05B, vision_layers=vision_layers, llm_layers=llm_layers)
+    assert shape.vocab_size == VOCAB
+    config = llava_onevision_config(shape, image_token_index=IMAGE_TOKEN)
     config._attn_implementation = "sdpa"
     llava = LlavaOnevisionForConditionalGeneration(config)
     expert = build_expert(vision_dim=1152, expert_dim=512, grid=27, attention_dim=512, score_hidden_dim=512)
@@ -167,9 +139,10 @@ def current_gib() -> float:
 
 def run_child(args: argparse.Namespace) -> None:
     """One variant in this process; prints one JSON line."""
-    limit = int(args.memory_limit_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":  # on a GPU the allocator's own limit applies (CUDA maps large host regions)
+        limit = int(args.memory_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     variant = args.child
     tuning = "lora" if variant in ("full_logits", "labelled") else "full"
     model = build_model(args.vision_layers, args.llm_layers, tuning)
@@ -210,7 +183,9 @@ def run_child(args: argparse.Namespace) -> None:
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        loss = full_logits_loss(model, batch) if variant == "full_logits" else model(**batch).loss
+        # bfloat16 autocast on a GPU, as the release trains; float32 on a CPU
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = full_logits_loss(model, batch) if variant == "full_logits" else model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

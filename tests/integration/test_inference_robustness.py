@@ -2,27 +2,20 @@
 checkpoint shaped like llava-hf's (not the tiny zoo's), and saved folders with a wrong or broken file."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import (
-    AutoTokenizer,
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    LlavaOnevisionImageProcessor,
-    LlavaOnevisionProcessor,
-    LlavaOnevisionVideoProcessor,
-    Qwen2Config,
-    SiglipVisionConfig,
-)
+from transformers import AutoTokenizer
 from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
 from anomaly_ov.checkpoints.model_folder import load_anomaly_ov, save_anomaly_ov
 from anomaly_ov.data.tokens import anomaly_token_count
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline, compose_config
+from anomaly_ov.zoo.shapes import LLAVA_OV_05B, write_llava_onevision
 
 QUESTION = [{"from": "human", "value": "<image>\nIs there any anomaly in the image?"}]
 
@@ -49,55 +42,19 @@ def llava_hf_like(tiny_zoo, tmp_path_factory):
     layer -1, tied word embeddings, bfloat16 weights on disk."""
     folder = tmp_path_factory.mktemp("llava_hf_like")
     tokenizer = AutoTokenizer.from_pretrained(tiny_zoo.llava_ov)
-    pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=2,
-        num_hidden_layers=26,
-        image_size=384,
-        patch_size=14,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
+    shape = replace(
+        LLAVA_OV_05B,
+        vision_width=32,
+        vision_mlp=64,
+        vision_heads=2,
+        llm_width=32,
+        llm_mlp=64,
+        llm_heads=4,
+        llm_layers=2,
         vocab_size=len(tokenizer) + 16,  # the real embedding table is larger than the tokenizer, too
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        tie_word_embeddings=True,
     )
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        image_grid_pinpoints=pinpoints,
-        vision_aspect_ratio="anyres_max_9",
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        LlavaOnevisionForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(folder)
-    LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(
-            size={"height": 384, "width": 384},
-            image_grid_pinpoints=pinpoints,
-            image_mean=[0.5] * 3,
-            image_std=[0.5] * 3,
-        ),
-        video_processor=LlavaOnevisionVideoProcessor(size={"height": 384, "width": 384}),
-        tokenizer=tokenizer,
-        num_image_tokens=27 * 27,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-    ).save_pretrained(folder)
-    return folder
+    assert shape.vision_layers == 26 and shape.tie_word_embeddings
+    return write_llava_onevision(folder, shape, tokenizer, dtype=torch.bfloat16)
 
 
 def test_a_llava_hf_shaped_checkpoint_runs_through_the_released_configs(tiny_zoo, llava_hf_like):
