@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score and describe a folder or list of images; JSON lines and heatmap overlays",
     ),
     "finetune": ("anomaly_ov.recipes.finetune", "stage 2: instruction-tune with DeepSpeed (Hydra overrides)"),
+    "merge-lora": (
+        "anomaly_ov.checkpoints.model_folder",
+        "copy a saved model folder with its LoRA adapter merged into full weights",
+    ),
     "eval": ("anomaly_ov.recipes.eval_benchmark", "VisA-D&R detection + reasoning or MMAD (Hydra overrides)"),
     "report": ("anomaly_ov.report", "the demo report (index.md, PNGs, index.html) from finished run folders"),
     "tables": ("anomaly_ov.eval.gather", "merge finished stage-1 runs into Tables 1 and 2 beside the paper"),

@@ -11,8 +11,10 @@ Layout::
     <folder>/adapter/                 PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),
                                       only when the LLM has one
     <folder>/base/                    the full LLaVA-OneVision weights (without LoRA) and processor, only
-                                      when asked (e.g. after full fine-tuning); otherwise config.yaml's
-                                      model.llm.name_or_path is the reference to the base checkpoint
+                                      when asked (e.g. after full fine-tuning, or with the LoRA adapter
+                                      merged in: then there is no adapter/ and config.yaml's model.lora is
+                                      null); otherwise config.yaml's model.llm.name_or_path is the
+                                      reference to the base checkpoint
     <folder>/processor/               the processor (tokenizer with the added tokens, image processor)
 
 Loading goes through the same builders as a fresh build (:mod:`anomaly_ov.models.mllm_builders`), with the
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from anomaly_ov.models.anomaly_ov import AnomalyOV
@@ -65,12 +69,28 @@ def _has_lora(model: AnomalyOV) -> bool:
     return any("lora_" in name for name, _ in model.llava.model.language_model.named_parameters())
 
 
+def _base_state(llava: torch.nn.Module, merge_lora: bool) -> dict[str, torch.Tensor]:
+    """LLaVA-OneVision's weights under their plain names, without the LoRA layers (PEFT keeps each adapted
+    Linear as ``.base_layer``); with ``merge_lora`` each adapted weight is W + scale * B @ A (PEFT's delta),
+    computed beside the model, which is not touched.
+    """
+    state = {name: tensor for name, tensor in llava.state_dict().items() if "lora_" not in name}
+    if merge_lora:
+        for module_name, module in llava.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                key = f"{module_name}.base_layer.weight"
+                for adapter in module.active_adapters:
+                    state[key] = state[key] + module.get_delta_weight(adapter).to(state[key].dtype)
+    return {name.replace(".base_layer.", "."): tensor.detach() for name, tensor in state.items()}
+
+
 def save_anomaly_ov(
     model: AnomalyOV,
     processor: AnomalyOVProcessor,
     folder: str | Path,
     config: Mapping[str, Any] | DictConfig,
     base_weights: bool = False,
+    merge_lora: bool = False,
 ) -> Path:
     """Saves a model so that :func:`load_anomaly_ov` rebuilds it exactly.
 
@@ -82,6 +102,9 @@ def save_anomaly_ov(
             the builder ``_target_``), resolved or not.
         base_weights: Also write the full LLaVA-OneVision weights (needed after full fine-tuning of the LLM);
             otherwise the config's ``llm.name_or_path`` is the reference to the base checkpoint.
+        merge_lora: Write the LoRA adapter merged into the full weights (``base/``; implies
+            ``base_weights``) instead of ``adapter/``: the folder loads without PEFT layers, so inference
+            runs at the base model's speed. The model itself is left as it was.
 
     Returns:
         The folder.
@@ -98,6 +121,11 @@ def save_anomaly_ov(
             f"config.lora is {'set' if resolved.lora is not None else 'null'} but the model "
             f"{'has' if has_lora else 'has no'} LoRA adapter."
         )
+    if merge_lora and not has_lora:
+        raise ValueError("merge_lora is set but the model has no LoRA adapter to merge.")
+    if merge_lora:
+        resolved.lora = None
+        base_weights = True
 
     llava = model.llava
     projector = {
@@ -113,7 +141,7 @@ def save_anomaly_ov(
             f"{'has no' if model.expert is None else 'has an'} expert."
         )
 
-    if has_lora:
+    if has_lora and not merge_lora:
         language_model = llava.model.language_model
         adapter = folder / ADAPTER_DIR
         adapter.mkdir(exist_ok=True)
@@ -123,13 +151,7 @@ def save_anomaly_ov(
             {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(adapter / ADAPTER_WEIGHTS_NAME)
         )
     if base_weights:
-        # Base weights without the LoRA layers (PEFT keeps the original Linear as ".base_layer").
-        state = {
-            name.replace(".base_layer.", "."): tensor
-            for name, tensor in llava.state_dict().items()
-            if "lora_" not in name
-        }
-        llava.save_pretrained(folder / BASE_DIR, state_dict=state)
+        llava.save_pretrained(folder / BASE_DIR, state_dict=_base_state(llava, merge_lora))
         # a complete checkpoint folder: the builders load the processor from the same place
         processor.save_pretrained(folder / BASE_DIR)
     processor.save_pretrained(folder / PROCESSOR_DIR)
@@ -139,7 +161,7 @@ def save_anomaly_ov(
         "format": FORMAT,
         "version": VERSION,
         "base": BASE_DIR if base_weights else resolved.llm.name_or_path,
-        "lora": has_lora,
+        "lora": has_lora and not merge_lora,
         "expert": model.expert is not None,
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -225,3 +247,41 @@ def load_anomaly_ov(
             )
         set_peft_model_state_dict(language_model, weights, adapter_name="default")
     return LoadedAnomalyOV(model=bundle.model.eval(), processor=bundle.processor, config=config)
+
+
+def merge_lora_folder(source: str | Path, destination: str | Path) -> Path:
+    """Writes a copy of a saved folder whose LoRA adapter is merged into full weights (``base/``).
+
+    Args:
+        source: A folder saved with a LoRA adapter (stage 2's export).
+        destination: The merged folder (created; must not be ``source``).
+
+    Returns:
+        ``destination``; it loads with :func:`load_anomaly_ov` without PEFT layers.
+
+    Raises:
+        ValueError: If ``source`` holds no adapter, or ``destination`` is ``source``.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.resolve() == source.resolve():
+        raise ValueError(f"{destination}: the merged folder must differ from the source folder.")
+    loaded = load_anomaly_ov(source)
+    if not _has_lora(loaded.model):
+        raise ValueError(f"{source} holds no LoRA adapter: there is nothing to merge.")
+    return save_anomaly_ov(loaded.model, loaded.processor, destination, loaded.config, merge_lora=True)
+
+
+def cli_main(argv: list[str]) -> int:
+    """``anomaly-ov merge-lora SOURCE DESTINATION``: a saved folder with its LoRA adapter merged in."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="anomaly-ov merge-lora", description=cli_main.__doc__)
+    parser.add_argument("source", type=Path, help="a saved model folder with a LoRA adapter")
+    parser.add_argument("destination", type=Path, help="the merged folder to write")
+    args = parser.parse_args(argv)
+    try:
+        folder = merge_lora_folder(args.source, args.destination)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"anomaly-ov merge-lora: {error}\n")
+    print(f"merged model written to {folder}")
+    return 0

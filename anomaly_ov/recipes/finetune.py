@@ -114,6 +114,8 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         MixtureError, RecordError, BadInputError: Unusable data (the file and record are named).
     """
     start = time.perf_counter()
+    if cfg.export.merge_lora and cfg.model.lora is None:
+        raise ValueError("export.merge_lora=true needs a LoRA adapter to merge, but model.lora is null.")
     accelerator = instantiate(cfg.trainer.accelerator, log_with=cfg.logger.log_with)
     quiet_other_ranks(accelerator.is_main_process)
     run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
@@ -177,7 +179,14 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
     folder = Path(cfg.export.folder)
     checksums = trainer.export(
         lambda trained: (
-            save_anomaly_ov(trained, processor, folder, cfg.model, base_weights=cfg.tuning == "full")
+            save_anomaly_ov(
+                trained,
+                processor,
+                folder,
+                cfg.model,
+                base_weights=cfg.tuning == "full",
+                merge_lora=cfg.export.merge_lora,
+            )
             if result.finished
             else None
         )

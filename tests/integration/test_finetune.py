@@ -2,6 +2,7 @@
 folder that ``predict`` loads and whose logits are the trained weights' logits."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_predict_and_chat_load_the_exported_folder(
     capsys.readouterr()
     assert cli(["chat", "--model", metrics["model"], "--image", str(image), "--question", "Any defect?"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_merged_export_equals_the_adapter_export(tiny_zoo, synthetic_data, tmp_path, tmp_path_factory):
+    _, reference = reference_run(tiny_zoo, synthetic_data, tmp_path_factory)
+    arguments = overrides(tmp_path, tiny_zoo, synthetic_data, "export.merge_lora=true")
+    merged = run_finetune(tmp_path / "run", arguments)
+    assert merged["losses"] == reference["losses"]
+    folder = Path(merged["model"])
+    assert (folder / "base").is_dir() and not (folder / "adapter").exists()
+    adapter, loaded = load_anomaly_ov(reference["model"]), load_anomaly_ov(folder)
+    assert loaded.config.lora is None and not any("lora_" in n for n, _ in loaded.model.named_parameters())
+    batch = _batch(loaded.processor, synthetic_data)
+    with torch.no_grad():
+        difference = (loaded.model(**batch).logits - adapter.model(**batch).logits).abs().max()
+    assert difference < 1e-4  # (W + B A) x against W x + B A x: float32 rounding
+
+
+def test_merge_lora_without_an_adapter_is_refused_before_training(tiny_zoo, synthetic_data, tmp_path):
+    from anomaly_ov.inference.pipeline import compose_config
+    from anomaly_ov.recipes.finetune import finetune
+
+    arguments = overrides(tmp_path, tiny_zoo, synthetic_data, "tuning=full", "export.merge_lora=true")
+    arguments = [a for a in arguments if not a.startswith("model.lora.")]  # full tuning has no model.lora
+    cfg = compose_config("finetune", [*arguments, f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="merge_lora=true needs a LoRA adapter"):
+        finetune(cfg)
+    assert not (tmp_path / "run").exists()
