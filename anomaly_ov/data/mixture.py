@@ -97,8 +97,11 @@ def sample_count(strategy: str, total: int) -> int:
 def read_mixture(yaml_path: str | Path) -> list[MixtureEntry]:
     """Reads and checks a mixture YAML (it does not open the JSON files).
 
+    As the release's ``data_path``, a ``.json`` file instead of a YAML is a mixture of that one file, all
+    its records.
+
     Args:
-        yaml_path: The mixture file.
+        yaml_path: The mixture file, or one instruction JSON file.
 
     Returns:
         Its entries, in order.
@@ -108,6 +111,10 @@ def read_mixture(yaml_path: str | Path) -> list[MixtureEntry]:
             ``json_path``, an unknown ``sampling_strategy``, or a JSON file that does not exist.
     """
     path = Path(yaml_path)
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise MixtureError(f"{path}: the instruction JSON file does not exist.")
+        return [MixtureEntry(path.expanduser().resolve(), "all")]
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:

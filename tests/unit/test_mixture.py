@@ -219,7 +219,12 @@ def test_the_release_mixture_yaml_reads(tmp_path):
     assert all(e.json_path.is_relative_to((tmp_path / "datasets").resolve()) for e in entries)
 
 
-def test_the_synthetic_mixture_yaml_loads(tmp_path):
-    mixture = load_mixture(_placed(tmp_path, "synthetic.yaml"))
-    assert len(mixture.records) == 2
-    assert mixture.records[0].source == str((tmp_path / "outputs" / "synthetic" / "instruct.json").resolve())
+def test_one_instruction_json_is_a_mixture_of_all_its_records(tmp_path):
+    # as the release's data_path: a .json instead of a YAML (the default config's synthetic instruct.json)
+    json_path = tmp_path / "instruct.json"
+    json_path.write_text(json.dumps([_record(0), _record(1, image=False), _record(2)]))
+    mixture = load_mixture(json_path)
+    assert len(mixture.records) == 3 and mixture.counts == {str(json_path.resolve()): 3}
+    assert [record.index for record in mixture.records] == [0, 1, 2]
+    with pytest.raises(MixtureError, match=r"missing\.json: the instruction JSON file does not exist"):
+        read_mixture(tmp_path / "missing.json")
