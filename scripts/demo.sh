@@ -2,9 +2,10 @@
 # README command 1: set up the environment, then run the whole pipeline on the embedded default (the
 # synthetic anomaly dataset and the tiny offline model zoo) on the CPU, and write one report:
 #   synthetic data -> tiny zoo -> stage 1 (the expert, from cached features) -> zero-shot evaluation on the
-#   held-out classes (metrics, Table-2-style table, heat maps) -> stage 2: LoRA instruction tuning as 2
-#   processes under DeepSpeed ZeRO-2 (torchrun, as on GPUs), with the expert and, for the baseline, without
-#   it -> VisA-D&R-style detection + reasoning of the tuned, the tuned-without-expert and the untuned model
+#   held-out classes (metrics, Table-2-style table, heat maps) -> stage 2: instruction tuning (full
+#   fine-tuning of the tiny LLM, configs/finetune_recipe/demo.yaml says why not LoRA) as 2 processes under
+#   DeepSpeed ZeRO-2 (torchrun, as on GPUs), with the expert and, for the baseline, without it ->
+#   VisA-D&R-style detection + reasoning of the tuned, the tuned-without-expert and the untuned model
 #   -> predict and a short chat -> the report: outputs/report/index.md (+ PNGs) and index.html.
 # Every step must succeed (set -e); the report is written last, into a temporary folder renamed into place,
 # so a failed run leaves no report (the previous one is removed when the run starts).
@@ -91,7 +92,8 @@ evaluate() {  # evaluate NAME MODEL_OVERRIDES...: Table-4 run (held-out, release
 evaluate_all() {
   evaluate tuned model_dir="$tuned/model"
   evaluate tuned_no_expert model_dir="$tuned_plain/model"
-  evaluate untuned "$expert"
+  # one crop per image, as the tuned models (configs/finetune_recipe/demo.yaml) and the expert's stage 1
+  evaluate untuned "$expert" model.llm.anyres=false
 }
 
 chat_demo() {  # the transcript (image, questions, then the replies) goes into the report
@@ -122,8 +124,8 @@ run "tiny model zoo" "$py" -m anomaly_ov.cli make-tiny-zoo --out "$out/zoo" --se
 run "stage 1: expert" stage1_train
 run "zero-shot evaluation" "$py" scripts/eval_zsad.py "${paths[@]}" run_dir="$expert_run" output_name=demo
 run "stage-2 data split" "$py" -m anomaly_ov.report.demo_data --synthetic "$out/synthetic" --out "$split"
-run "stage 2: LoRA, with expert ($procs processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
-run "stage 2: LoRA, without expert ($procs processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
+run "stage 2: full fine-tuning, with expert ($procs processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
+run "stage 2: full fine-tuning, without expert ($procs processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
 run "VisA-D&R evaluation of 3 models" evaluate_all
 run "predict (tuned model)" "$py" -m anomaly_ov.cli predict --model "$tuned/model" \
   --images "$out/synthetic/mvtec/gear/test" --out "$out/predict" \

@@ -73,12 +73,13 @@ def _is_test(record: dict[str, Any], index: int, source: Path) -> bool:
     return parts[2] == "test"
 
 
-def _detection_records(tune: list[dict[str, Any]], repeats: int = 2) -> list[dict[str, Any]]:
+def _detection_records(tune: list[dict[str, Any]], repeats: int = 6) -> list[dict[str, Any]]:
     """The detection prompt for the tuning images, balanced: as many "Yes." as "No." answers, ``repeats``
     times over (up to twice as many normal images as there are anomalous ones, the anomalous ones cycled).
 
     The training classes hold four normal images per anomalous one; unbalanced, the tiny LLM learns to
-    answer "No" to everything before it learns to read the expert's tokens.
+    answer "No" to everything before it learns to read the expert's tokens. Six repeats: the demo's random
+    tiny LLM starts to read the expert's severity word only after a few hundred detection steps.
     """
     anomalous = [r for r in tune if r["anomaly"]]
     normal = [r for r in tune if not r["anomaly"]]

@@ -123,8 +123,13 @@ def _provenance(
         lines.append(
             f"- stage 2, {name}: `{run.folder}`: LLM `{lookup(cfg, 'model.llm.name_or_path')}`, expert "
             f"{'`' + str(expert.get('checkpoint')) + '`' if isinstance(expert, dict) else 'none'}, tuning "
-            f"`{cfg.get('tuning')}` (LoRA rank {lookup(cfg, 'model.lora.rank')}, alpha "
-            f"{lookup(cfg, 'model.lora.alpha')}), lr {lookup(cfg, 'optimizer.lr')}, "
+            f"`{cfg.get('tuning')}`"
+            + (
+                f" (LoRA rank {lookup(cfg, 'model.lora.rank')}, alpha {lookup(cfg, 'model.lora.alpha')})"
+                if cfg.get("tuning") == "lora"
+                else ""
+            )
+            + f", lr {lookup(cfg, 'optimizer.lr')}, "
             f"{lookup(cfg, 'trainer.fit.epochs')} epochs, {metrics.get('total_steps')} optimizer steps on "
             f"{metrics.get('num_samples')} samples, {metrics.get('num_processes')} processes under DeepSpeed "
             f"ZeRO-{lookup(cfg, 'trainer.accelerator.zero_stage')}, mixture `{lookup(cfg, 'data.mixture')}`; "
