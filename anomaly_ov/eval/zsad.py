@@ -21,7 +21,7 @@ resized to the image's own size to lie over it; a single crop's padding is cut a
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +36,7 @@ from anomaly_ov.eval.aupro import aupro, aupro_200_thresholds
 from anomaly_ov.eval.metrics import (
     METRIC_NAMES,
     ClassMetrics,
-    image_auroc,
-    image_average_precision,
-    image_f1_max,
+    evaluate_class,
     pixel_metrics,
 )
 from anomaly_ov.eval.pixel_maps import gaussian_smooth, region_layout, stitch_tile_maps
@@ -275,14 +273,7 @@ def _class_metrics(
             pixel["aupro"] = per_region(maps, masks, max_fpr, context=name)
         except ValueError as error:
             problems.append(f"aupro ({aupro_mode}): {error}")
-    return ClassMetrics(
-        name=name,
-        num_images=int(labels.shape[0]),
-        image_auroc=image_auroc(labels, scores, context=name),
-        image_ap=image_average_precision(labels, scores, context=name),
-        image_f1_max=image_f1_max(labels, scores, context=name),
-        **pixel,
-    )
+    return replace(evaluate_class(name, labels, scores), **pixel)  # image metrics as without masks
 
 
 def class_average(results: Sequence[ClassMetrics]) -> tuple[dict[str, float], dict[str, list[str]]]:
