@@ -13,14 +13,17 @@ done. When all are done, the main process merges the parts into ``detection.json
 settings that change results are kept in ``run.json``; resuming under other settings is refused.
 """
 
+import copy
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -36,6 +39,8 @@ from anomaly_ov.eval.records import BadRecordError, RecordChecker, SkippedRecord
 from anomaly_ov.eval.results import ResultsWriter, finished_records, merge_results, shard, write_json
 from anomaly_ov.eval.text_similarity import RougeL, SentenceSimilarity
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline
+from anomaly_ov.models.processor import AnomalyOVProcessor
+from anomaly_ov.run_lock import lock_run_folder
 
 RUN_FILE = "run.json"
 SKIPPED_FILE = "skipped_records.json"
@@ -82,6 +87,7 @@ class ItemLoop:
         skip_bad_records: Skip and report records whose images cannot be read.
         progress: Show a progress bar (main process only).
         barrier: Waits for every process (a no-op for one).
+        prepare: Applied to every image after reading (MMAD's own preprocessing); None: as read.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class ItemLoop:
         skip_bad_records: bool,
         progress: bool,
         barrier: Callable[[], None],
+        prepare: Callable[[Image.Image], Image.Image] | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.rank = rank
@@ -103,6 +110,7 @@ class ItemLoop:
         self.skip_bad_records = skip_bad_records
         self.progress = progress and rank == 0
         self.barrier = barrier
+        self.prepare = prepare
         self._skips = ResultsWriter(out_dir / SKIPPED_PARTS, rank)
 
     def image(
@@ -115,6 +123,8 @@ class ItemLoop:
         """
         try:
             image = read_image(self.root / path, self.max_image_side)
+            if self.prepare is not None:
+                image = self.prepare(image)
             check(image, str(self.root / path))
             return image
         except (BadInputError, ValueError, TypeError) as error:
@@ -162,8 +172,38 @@ class ItemLoop:
         self._skips.close()
 
 
+def _mmad_preprocessing(cfg: DictConfig) -> bool:
+    """Whether images go through MMAD's own preprocessing (``benchmark.preprocess: mmad``)."""
+    if cfg.benchmark.name != "mmad":
+        return False
+    if cfg.benchmark.preprocess not in mmad.PREPROCESSING:
+        raise ValueError(
+            f"benchmark.preprocess={cfg.benchmark.preprocess!r}; expected one of {list(mmad.PREPROCESSING)}"
+        )
+    return cfg.benchmark.preprocess == "mmad"
+
+
+def _evaluation_processor(processor: AnomalyOVProcessor, cfg: DictConfig) -> AnomalyOVProcessor:
+    """The processor with this evaluation's image settings.
+
+    ``max_image_side`` replaces the value a saved model folder's processor carries (so ``null`` turns the
+    resize off there too, and ``run.json`` records what is applied); MMAD's preprocessing encodes every
+    image as one crop (AnyRes off).
+    """
+    max_side = None if cfg.max_image_side is None else int(cfg.max_image_side)
+    single_crop = _mmad_preprocessing(cfg)
+    if processor.max_image_side == max_side and not (single_crop and processor.anyres):
+        return processor
+    adjusted = copy.copy(processor)
+    adjusted.max_image_side = max_side
+    adjusted.anyres = processor.anyres and not single_crop
+    return adjusted
+
+
 def _build_pipeline(cfg: DictConfig, device: torch.device) -> AnomalyOVPipeline:
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
+    if cfg.benchmark.name == "mmad" and cfg.benchmark.max_new_tokens is not None:
+        generation["max_new_tokens"] = int(cfg.benchmark.max_new_tokens)
     if cfg.model_dir is not None:
         loaded = load_anomaly_ov(cfg.model_dir)
         model, processor = loaded.model, loaded.processor
@@ -173,7 +213,7 @@ def _build_pipeline(cfg: DictConfig, device: torch.device) -> AnomalyOVPipeline:
         model, processor = bundle.model, bundle.processor
     if next(model.parameters()).device.type == "cpu" and device.type != "cpu":
         model = model.to(device)
-    return AnomalyOVPipeline(model, processor, generation)
+    return AnomalyOVPipeline(model, _evaluation_processor(processor, cfg), generation)
 
 
 def _batches_of_images(
@@ -296,11 +336,13 @@ def run_mmad(
     questions: list[mmad.MMADQuestion],
     source: str,
 ) -> None:
-    """MMAD on this rank's share: one prompt per question, the letter parsed from the reply."""
-    shots = int(cfg.benchmark.shots)
+    """MMAD on this rank's share: MMAD's prompt per question, the letter parsed by both parsers."""
+    bench = cfg.benchmark
+    if bench.shuffle_options:
+        questions = [mmad.shuffle_options(q, int(bench.shuffle_seed)) for q in questions]
+    prompts = {q.key: mmad.mmad_prompt(q, bool(bench.letter_instruction)) for q in questions}
 
     def evaluate(chunk: list[mmad.MMADQuestion]) -> Iterator[dict[str, Any]]:
-        prompts = {q.key: mmad.mmad_prompt(q, shots) for q in chunk}
         kept = _batches_of_images(
             loop, source, chunk, lambda q: prompts[q.key][1], lambda q: q.key, pipeline.processor.check_image
         )
@@ -310,19 +352,7 @@ def run_mmad(
         names = [[str(loop.root / p) for p in prompts[q.key][1]] for q, _ in kept]
         answers = pipeline.answer(turns, [images for _, images in kept], names)
         for (question, _), answer in zip(kept, answers, strict=True):
-            letter = mmad.parse_letter(answer.text, question.options)
-            yield {
-                "key": question.key,
-                "image": question.image,
-                "dataset": question.dataset,
-                "type": question.type,
-                "question": question.question,
-                "options": question.options,
-                "answer": question.answer,
-                "reply": answer.text,
-                "letter": letter,
-                "correct": letter == question.answer,
-            }
+            yield mmad.answer_record(question, answer.text, str(bench.parse), str(bench.letter_pick))
 
     loop.run("mmad.jsonl", questions, lambda q: q.key, int(cfg.batch_size), evaluate)
 
@@ -341,8 +371,12 @@ def _summarize(
     merged = {name: merge_results(out_dir / name, "key", order) for name, order in orders.items()}
     row = _row_name(cfg)
     if cfg.benchmark.name == "mmad":
-        metrics["mmad"] = mmad.mmad_metrics(merged["mmad.jsonl"]) if merged["mmad.jsonl"] else None
-        table = mmad_table({row: metrics["mmad"]}, mmad.QUESTION_TYPES) if metrics["mmad"] else ""
+        results = merged["mmad.jsonl"]
+        bench = cfg.benchmark
+        metrics["mmad"] = (
+            mmad.mmad_metrics(results, str(bench.parse), str(bench.normal_flag)) if results else None
+        )
+        table = mmad_table(row, metrics["mmad"]) if metrics["mmad"] else ""
     else:
         detection = merged.get("detection.jsonl")
         reasoning = merged.get("reasoning.jsonl")
@@ -365,6 +399,12 @@ def _summarize(
     return metrics
 
 
+def _destroy_process_group() -> None:
+    """Tears the process group down (if any), so that no rank of a stopped run hangs at exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Evaluates the configured model on the configured benchmark; returns metrics.json (main process; {}
     on the others).
@@ -372,6 +412,8 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     state = PartialState(cpu=bool(cfg.cpu))
     rank, world_size = state.process_index, state.num_processes
     out_dir = Path(cfg.out_dir)
+    # one evaluation per out_dir: rank 0 holds the lock, a second start is refused on every rank
+    lock = lock_run_folder(out_dir, state.is_main_process, broadcast_object_list, _destroy_process_group)
     settings = run_settings(cfg)
     check_resumable(out_dir, settings)
     bench = cfg.benchmark
@@ -389,11 +431,17 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     orders: dict[str, list[str]] = {}
     pipeline = _build_pipeline(cfg, state.device)
     max_side = None if cfg.max_image_side is None else int(cfg.max_image_side)
+    prepare = None
+    if _mmad_preprocessing(cfg):
+        # MMAD's path reads the whole image and fits it into 512x512 itself: no long-side limit first
+        max_side, prepare = None, partial(mmad.mmad_view, crop_size=pipeline.processor.crop_size)
     loop = ItemLoop(
-        out_dir, rank, world_size, root, max_side, skip, bool(cfg.progress), state.wait_for_everyone
+        out_dir, rank, world_size, root, max_side, skip, bool(cfg.progress), state.wait_for_everyone, prepare
     )
     if bench.name == "mmad":
-        questions, checker = mmad.read_mmad(root / bench.file, root, int(bench.shots), skip)
+        questions, checker = mmad.read_mmad(
+            root / bench.file, root, int(bench.shots), str(bench.template), skip
+        )
         checkers.append(checker)
         orders["mmad.jsonl"] = [q.key for q in questions]
         run_mmad(cfg, loop, pipeline, questions, str(root / bench.file))
@@ -425,6 +473,8 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
         metrics["skipped_records"] = len(skipped)
         write_json(out_dir / "metrics.json", metrics)
     state.wait_for_everyone()
+    if lock is not None:
+        lock.release()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return metrics

@@ -19,6 +19,7 @@ from anomaly_ov.eval.tables import class_table, table2
 from anomaly_ov.eval.zsad import DatasetResult, PixelMapSettings, evaluate_dataset
 from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert_io import load_expert_weights
+from anomaly_ov.run_lock import RunLock
 
 NO_WEIGHTS = (
     "eval_zsad needs weights to evaluate: run_dir=<a train_expert run>, or "
@@ -157,6 +158,8 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
         ValueError: If a dataset name is not in ``data.sources``.
     """
     what = evaluated(cfg)
+    # one evaluation per out_dir: a second start is refused while this one holds the lock
+    lock = RunLock.acquire(what.out_dir)
     unknown = [name for name in [*what.trained_on, *what.eval_names] if name not in what.data.sources]
     if unknown:
         raise ValueError(f"datasets {unknown} are not in data.sources ({sorted(what.data.sources)})")
@@ -223,4 +226,5 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
     (what.out_dir / "table.md").write_text(markdown, encoding="utf-8")
     print(table2({what.row_name: image_aurocs(results)}))
     print(f"metrics, table and heat maps: {what.out_dir}")
+    lock.release()
     return metrics

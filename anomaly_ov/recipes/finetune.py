@@ -22,9 +22,11 @@ from anomaly_ov.checkpoints import save_anomaly_ov
 from anomaly_ov.data.instruct import InstructDataset, InstructRecord, plan_lengths
 from anomaly_ov.data.mixture import load_mixture
 from anomaly_ov.models.processor import AnomalyOVProcessor
+from anomaly_ov.run_lock import lock_run_folder
 from anomaly_ov.training.deepspeed import whole_weights_build
 from anomaly_ov.training.distributed import quiet_other_ranks, shutdown, start_trackers
-from anomaly_ov.training.instruct import latest_step_checkpoint
+from anomaly_ov.training.instruct import check_process_count, latest_step_checkpoint
+from anomaly_ov.training.preemption import PREEMPTED_EXIT_CODE
 from anomaly_ov.training.tuning import apply_tuning, trainable_counts
 
 logger = logging.getLogger(__name__)
@@ -107,10 +109,13 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         The run's metrics, also written to ``<run_dir>/train_metrics.json``: ``losses`` and ``learning_rates``
         (one per optimizer step), ``steps_per_epoch``, ``total_steps``, ``resumed_from_step``, ``finished``,
         ``num_samples``, ``num_processes``, ``trainable_parameters``, ``rank_checksums`` (identical on every
-        rank), ``model`` (the exported folder, once finished), ``seconds``.
+        rank), ``model`` (the exported folder, once finished), ``preempted`` (the signal that stopped the run
+        at a checkpoint, or None), ``nonfinite_steps`` (skipped with ``trainer.fit.nonfinite=skip``),
+        ``seconds``.
 
     Raises:
-        ValueError: If ``run_dir`` holds checkpoints of another setup, or the tuning and the model disagree.
+        ValueError: If ``run_dir`` holds checkpoints of another setup or process count, or the tuning and the
+            model disagree.
         MixtureError, RecordError, BadInputError: Unusable data (the file and record are named).
     """
     start = time.perf_counter()
@@ -119,11 +124,16 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
     accelerator = instantiate(cfg.trainer.accelerator, log_with=cfg.logger.log_with)
     quiet_other_ranks(accelerator.is_main_process)
     run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
+    # one run per run_dir: rank 0 holds the lock, a second start is refused on every rank
+    lock = lock_run_folder(
+        run_dir, accelerator.is_main_process, broadcast_object_list, partial(shutdown, accelerator)
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     resolved.pop("hydra", None)
     resolved["run_dir"] = str(run_dir)
-    if cfg.trainer.resume and latest_step_checkpoint(run_dir) is not None:
+    if cfg.trainer.resume and (checkpoint := latest_step_checkpoint(run_dir)) is not None:
         check_resumable(run_dir / "config.yaml", resolved)
+        check_process_count(checkpoint, accelerator.num_processes)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
@@ -175,6 +185,7 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         lengths=lengths,
         multimodal=multimodal,
         resume=cfg.trainer.resume,
+        sample_ids=[record.id for record in records],
     )
     folder = Path(cfg.export.folder)
     checksums = trainer.export(
@@ -204,12 +215,16 @@ def finetune(cfg: DictConfig) -> dict[str, object]:
         "trainable_parameters": sum(counts.values()),
         "rank_checksums": checksums,
         "model": str(folder) if result.finished else None,
+        "preempted": result.preempted,
+        "nonfinite_steps": result.nonfinite_steps,
         "seconds": time.perf_counter() - start,
     }
     if accelerator.is_main_process:
         (run_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if result.finished:
             print(f"model: {folder}\npredict: anomaly-ov predict --model {folder} <images>")
+    if lock is not None:
+        lock.release()
     shutdown(accelerator)
     return metrics
 
@@ -228,4 +243,6 @@ def cli_main(argv: list[str]) -> int:
         cfg = compose(config_name="finetune", overrides=list(argv))
     metrics = finetune(cfg)
     sys.stdout.flush()
+    if metrics["preempted"]:
+        return PREEMPTED_EXIT_CODE
     return 0 if metrics["losses"] or metrics["finished"] else 1

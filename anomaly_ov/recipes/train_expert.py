@@ -6,6 +6,7 @@ Seed -> build -> train -> write the resolved config and train_metrics.json into 
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ov.checkpoints.training_state import latest_checkpoint
 from anomaly_ov.data.zsad import InstructionSource, check_zero_shot, write_skipped
+from anomaly_ov.run_lock import lock_run_folder
 from anomaly_ov.training.distributed import quiet_other_ranks, shutdown, start_trackers
 
 
@@ -53,7 +55,9 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
         The training metrics, also written to ``<run_dir>/train_metrics.json``: ``losses`` (one per
         optimizer step), ``epoch_losses``, ``steps_per_epoch``, ``resumed_from_epoch``, ``num_samples``,
         ``num_anomalous``, ``num_skipped``, ``labels`` (per instruction source, how its records were
-        labelled), ``num_processes``, ``expert`` (the safetensors path), ``seconds``.
+        labelled), ``num_processes``, ``expert`` (the safetensors path; None when stopped early),
+        ``preempted`` (the signal that stopped the run at a checkpoint, or None), ``nonfinite_steps`` (steps
+        skipped with ``trainer.fit.nonfinite=skip``), ``seconds``.
 
     Raises:
         ValueError: If ``run_dir`` holds checkpoints of another model or preprocessing.
@@ -65,6 +69,10 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
     quiet_other_ranks(accelerator.is_main_process)
     # Every process must write to the directory of rank 0 (a timestamped default can differ by a second).
     run_dir = Path(broadcast_object_list([str(cfg.run_dir)])[0])
+    # one run per run_dir: a second start is refused while this one holds the lock
+    lock = lock_run_folder(
+        run_dir, accelerator.is_main_process, broadcast_object_list, partial(shutdown, accelerator)
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     resolved["run_dir"] = str(run_dir)
     if cfg.trainer.resume and latest_checkpoint(run_dir) is not None:
@@ -123,6 +131,7 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
         prepared.featurize,
         labels=[item.label for item in kept],
         resume=cfg.trainer.resume,
+        sample_ids=[str(item.images[0]) for item in kept],
     )
     metrics = {
         "losses": result.losses,
@@ -134,11 +143,16 @@ def train_expert(cfg: DictConfig) -> dict[str, object]:
         "num_skipped": len(prepared.skipped),
         "labels": label_reports,
         "num_processes": accelerator.num_processes,
-        "expert": str(result.expert_path),
+        "expert": None if result.preempted else str(result.expert_path),
+        "preempted": result.preempted,
+        "nonfinite_steps": result.nonfinite_steps,
         "seconds": time.perf_counter() - start,
     }
     if accelerator.is_main_process:
         (run_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        print(f"expert: {result.expert_path}\nevaluate: python scripts/eval_zsad.py run_dir={run_dir}")
+        if result.preempted is None:
+            print(f"expert: {result.expert_path}\nevaluate: python scripts/eval_zsad.py run_dir={run_dir}")
+    if lock is not None:
+        lock.release()
     shutdown(accelerator)
     return metrics
