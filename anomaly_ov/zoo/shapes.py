@@ -145,8 +145,20 @@ def write_llava_onevision(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         LlavaOnevisionForConditionalGeneration(config).to(dtype).save_pretrained(folder)
+    llava_onevision_processor(shape, tokenizer).save_pretrained(folder)
+    return folder
+
+
+def llava_onevision_processor(
+    shape: OneVisionShape, tokenizer: PreTrainedTokenizerBase
+) -> LlavaOnevisionProcessor:
+    """Return the ``LlavaOnevisionProcessor`` of ``shape`` around ``tokenizer``, set like the llava-hf ones.
+
+    Crops of ``shape.tile`` pixels (SigLIP's mean and std 0.5), the AnyRes pinpoints of ``shape``,
+    ``shape.crop_grid ** 2`` tokens per crop (strategy "full"), ``anyres_max_9``.
+    """
     size = {"height": shape.tile, "width": shape.tile}
-    LlavaOnevisionProcessor(
+    return LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(
             size=size, image_grid_pinpoints=shape.grid_pinpoints, image_mean=[0.5] * 3, image_std=[0.5] * 3
         ),
@@ -155,5 +167,4 @@ def write_llava_onevision(
         num_image_tokens=shape.crop_grid**2,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
-    ).save_pretrained(folder)
-    return folder
+    )
