@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "anomaly_ov.zoo",
         "build the tiny offline model zoo (vision towers, LLM, LLaVA-OV)",
     ),
+    "make-real-zoo": (
+        "anomaly_ov.zoo.real",
+        "build the real offline zoo (DINOv2-S/14, SmolLM2-135M, their LLaVA-OV) from installed packages",
+    ),
     "chat": ("anomaly_ov.inference.chat", "multi-turn chat about one image; prints the expert's score"),
     "predict": (
         "anomaly_ov.inference.predict",

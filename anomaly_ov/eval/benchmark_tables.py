@@ -7,7 +7,7 @@ ours. Fractions have two decimals, judge scores two decimals on their own scale,
 was not computed shows "–".
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 TABLE4_COLUMNS: tuple[str, ...] = ("Acc", "P", "R", "F1", "R-L", "SBERT", "GPT", "SBERT(c)", "GPT(c)")
@@ -83,26 +83,33 @@ def table4(rows: Mapping[str, Mapping[str, float | None]], published: bool = Tru
     return "\n".join(lines) + "\n"
 
 
-def mmad_table(rows: Mapping[str, Mapping[str, Any]], types: Sequence[str]) -> str:
-    """MMAD accuracy (%) per question type and the average over types and over datasets, one row per model.
+def mmad_table(name: str, metrics: Mapping[str, Any]) -> str:
+    """MMAD's own table (their ``summary.py`` layout, percent): one row per source dataset and the average.
 
     Args:
-        rows: ``{row name: mmad_metrics output}``.
-        types: Question types in column order.
+        name: The model's name (the title line).
+        metrics: :func:`~anomaly_ov.eval.mmad.mmad_metrics` output.
 
     Returns:
-        A markdown table.
+        Markdown: a title naming the parser, the dataset x type table with the average, recall, precision,
+        F1, overkill and miss columns, and a line with both parsers' overall averages and letter counts.
     """
-    present = [t for t in types if any(t in r["per_type"] for r in rows.values())]
-    header = ["Model", *present, "Avg (types)", "Avg (datasets)", "AD F1", "Unparseable"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
-    for name, metrics in rows.items():
-        cells = [metrics["per_type"].get(t) for t in present]
-        cells += [
-            metrics["mean_over_types"],
-            metrics["mean_over_datasets"],
-            metrics["anomaly_detection"]["f1"],
-        ]
-        text = ["–" if v is None else f"{100 * v:.1f}" for v in cells]
-        lines.append(f"| {name} | " + " | ".join(text) + f" | {sum(metrics['unparseable'].values())} |")
+    summary = metrics["summary"]
+    columns = [*summary["types"], "Average", "Recall", "Precision", "F1", "Overkill", "Miss"]
+    lines = [
+        f"MMAD: {name} (parse={metrics['parse']}, {summary['num_answers']} of {metrics['num_questions']} "
+        "questions scored)",
+        "",
+        "| Dataset | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for row, values in summary["table"].items():
+        lines.append(f"| {row} | " + " | ".join(f"{values[c]:.1f}" for c in columns) + " |")
+    by_mmad, by_strict = metrics["parsers"]["mmad"], metrics["parsers"]["strict"]
+    lines += [
+        "",
+        f"Average with parse=mmad {by_mmad['average']:.1f} ({by_mmad['excluded']} left out without an A-E "
+        f"letter, {by_mmad['from_option_text']} read from the option text); with parse=strict "
+        f"{by_strict['average']:.1f} ({by_strict['unparseable']} without a letter, counted wrong).",
+    ]
     return "\n".join(lines) + "\n"

@@ -1,31 +1,45 @@
-"""MMAD (ICLR 2025; SPEC §5): reading ``mmad.json``, the 0-/1-shot prompts, answer letters and the scores.
+r"""MMAD (ICLR 2025; SPEC §5): ``mmad.json``, the questions as MMAD's own scripts ask them, and the letters.
 
 ``mmad.json`` is an object keyed by the query image's path (``<dataset>/<class>/...``, relative to the
 benchmark root); each value has ``similar_templates`` / ``random_templates`` (normal images of the same class)
 and ``conversation``, a list of ``{"Question", "Options": {"A": ..., ...}, "Answer": "A", "type"}``. Every
-question is asked on its own. In the 1-shot protocol (MMAD's default) the first similar template is shown as
-a normal reference before the query image.
+question is asked on its own, without history (their ``--record_history`` off).
 
-The model is asked for the option's letter; :func:`parse_letter` reads it from the usual answer shapes
-("B", "B.", "(B)", "The answer is B", "Answer: B", or the option's own text). An answer that gives no letter
-counts as wrong and is counted per question type, never dropped. Accuracy is reported per question type and
-per source dataset (first path component) with their unweighted averages; for Anomaly Detection also
-precision, recall, F1, overkill (normal judged defective) and miss (defective judged normal) rates.
+What follows MMAD's evaluation code (``evaluation/examples/LLaVA_Query/llava_query.py``,
+``GPT4/gpt4v.py``), each a config key of ``configs/benchmark/mmad.yaml``:
+
+* **shots** -- the k normal templates shown before the query image are ``random_templates[:k]`` (their
+  default; ``template: similar`` takes ``similar_templates[:k]``, their "similar template" setting);
+* **prompt** -- their inspector instruction, ``Following is k image of normal sample:`` with the templates,
+  ``Test image:`` with the query, ``Following is new question list:``, the question and one ``A. text`` line
+  per option; the closing letter instruction is their ``--single-pred-prompt`` (off in their commands);
+* **option order** -- their LLaVA script shuffles the options of every question (unseeded); their GPT-4o
+  script keeps the file's order. :func:`shuffle_options` shuffles with a seed per question, so a rerun, a
+  resume or another number of processes shows the same order;
+* **letters** -- :func:`parse_mmad`: every ``\b[A-E]\b`` of the reply (their LLaVA script keeps the
+  first, their GPT-4o script the last), else the option whose text is closest to the reply (difflib);
+  :func:`parse_letter` is the strict alternative (the usual answer shapes only, else no letter);
+* **images** -- :func:`mmad_view`: their LLaVA path fits each image into 512x512 with OpenCV's area
+  resampling (sizes truncated), re-encodes it as JPEG and feeds LLaVA-OneVision one crop per image (the
+  vision processor's resize to its square input, no AnyRes tiles).
 """
 
+import difflib
+import io
 import json
+import random
 import re
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from anomaly_ov.eval.mmad_summary import ANOMALY_DETECTION, ScoredAnswer, mmad_summary
 from anomaly_ov.eval.records import RecordChecker, load_benchmark_json
 
-ANOMALY_DETECTION = "Anomaly Detection"
 QUESTION_TYPES: tuple[str, ...] = (
     ANOMALY_DETECTION,
     "Defect Classification",
@@ -35,14 +49,21 @@ QUESTION_TYPES: tuple[str, ...] = (
     "Object Classification",
     "Object Analysis",
 )
-ZERO_SHOT_TEMPLATE = (
-    "<image>\n{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+# MMAD's inspector instruction (their scripts' ``instruction``, leading and trailing newline included)
+INSTRUCTION = (
+    "\nYou are an industrial inspector who checks products by images. You should judge whether there is a "
+    "defect in the query image and answer the questions about it.\n"
+    "Answer with the option's letter from the given choices directly.\n"
 )
-ONE_SHOT_TEMPLATE = (
-    "The first image is a normal sample of this object, for reference: <image>\n"
-    "The second image is the one to inspect: <image>\n"
-    "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-)
+# their --single-pred-prompt, appended after the options
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+TEMPLATE_KEYS: dict[str, str] = {"random": "random_templates", "similar": "similar_templates"}
+PARSERS: tuple[str, ...] = ("mmad", "strict")
+LETTER_PICKS: tuple[str, ...] = ("first", "last")
+PREPROCESSING: tuple[str, ...] = ("mmad", "native")
+# their LLaVA and GPT scripts' image box, and OpenCV's default JPEG quality of their re-encoding
+MMAD_IMAGE_BOX = (512, 512)
+MMAD_JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -54,10 +75,10 @@ class MMADQuestion:
         image: Query image path relative to the root.
         dataset: Source dataset (first path component).
         question: The question text.
-        options: Letter -> option text, in the file's order.
-        answer: The correct letter.
+        options: Letter -> option text, in the order shown.
+        answer: The correct letter (of the options as shown).
         type: The question type.
-        template: Path of the first similar normal template (None if the record has none).
+        templates: The normal templates shown before the query image (paths relative to the root).
     """
 
     key: str
@@ -67,32 +88,41 @@ class MMADQuestion:
     options: dict[str, str]
     answer: str
     type: str
-    template: str | None
+    templates: tuple[str, ...] = ()
 
 
 def read_mmad(
-    path: str | Path, root: str | Path, shots: int = 1, skip_bad_records: bool = False
+    path: str | Path,
+    root: str | Path,
+    shots: int = 1,
+    template: str = "random",
+    skip_bad_records: bool = False,
 ) -> tuple[list[MMADQuestion], RecordChecker]:
     """Reads and checks ``mmad.json``.
 
     Args:
         path: The file.
         root: The benchmark root (image paths are relative to it).
-        shots: 0 or 1; with 1 a record needs a similar template that exists.
+        shots: Normal templates shown before the query image (0: the query alone).
+        template: "random" (``random_templates[:shots]``, MMAD's default) or "similar"
+            (``similar_templates[:shots]``).
         skip_bad_records: Skip bad records or questions (listed in the returned checker) instead of raising.
 
     Returns:
-        The questions, and the checker holding the skipped records.
+        The questions (options in the file's order), and the checker holding the skipped records.
 
     Raises:
-        BadRecordError: For a missing image or template, a malformed conversation, or an answer that is not
-            among its options.
+        BadRecordError: For a missing image, fewer than ``shots`` templates that exist, a malformed
+            conversation, or an answer that is not among its options.
     """
-    if shots not in (0, 1):
-        raise ValueError(f"shots={shots}; MMAD is evaluated 0-shot or 1-shot")
+    if shots < 0:
+        raise ValueError(f"shots={shots}; expected 0 (the query alone) or the number of normal templates")
+    if template not in TEMPLATE_KEYS:
+        raise ValueError(f"template={template!r}; expected one of {sorted(TEMPLATE_KEYS)}")
     root = Path(root)
     checker = RecordChecker(path, skip_bad_records)
     questions: list[MMADQuestion] = []
+    field = TEMPLATE_KEYS[template]
     for image, entry in load_benchmark_json(path, dict).items():
         parts = Path(image).parts
         if not isinstance(entry, dict) or not isinstance(entry.get("conversation"), list):
@@ -104,10 +134,9 @@ def read_mmad(
         if not (root / image).is_file():
             checker.bad(image, f"image file {root / image} not found")
             continue
-        templates = entry.get("similar_templates") or []
-        template = templates[0] if templates and isinstance(templates[0], str) else None
-        if shots == 1 and (template is None or not (root / template).is_file()):
-            checker.bad(image, f"1-shot needs a similar template; {template!r} is missing or not a file")
+        templates = tuple(t for t in (entry.get(field) or [])[:shots] if isinstance(t, str))
+        if len(templates) < shots or not all((root / t).is_file() for t in templates):
+            checker.bad(image, f"{shots}-shot needs {shots} files in '{field}'; got {list(templates)}")
             continue
         for index, turn in enumerate(entry["conversation"]):
             name = f"{image} question {index}"
@@ -124,7 +153,7 @@ def read_mmad(
                     options={str(k): str(v) for k, v in turn["Options"].items()},
                     answer=turn["Answer"],
                     type=turn["type"],
-                    template=template,
+                    templates=templates,
                 )
             )
     return questions, checker
@@ -146,23 +175,73 @@ def _question_problem(turn: object) -> str | None:
     return None
 
 
+def shuffle_options(question: MMADQuestion, seed: int) -> MMADQuestion:
+    """The question with its options in a seeded random order, relettered A, B, ... (answer follows).
+
+    The order depends only on ``seed`` and the question's key, not on which process asks it or when.
+    """
+    items = list(question.options.items())
+    random.Random(f"{seed}/{question.key}").shuffle(items)
+    letters = [chr(ord("A") + i) for i in range(len(items))]
+    options = {letter: text for letter, (_, text) in zip(letters, items, strict=True)}
+    answer = next(letter for letter, (old, _) in zip(letters, items, strict=True) if old == question.answer)
+    return replace(question, options=options, answer=answer)
+
+
 def format_options(options: Mapping[str, str]) -> str:
-    """``A. text`` lines, one per option."""
-    return "\n".join(f"{letter}. {text}" for letter, text in options.items())
+    """``A. text`` lines, each ending with a newline, as MMAD's scripts list them."""
+    return "".join(f"{letter}. {text}\n" for letter, text in options.items())
 
 
-def mmad_prompt(question: MMADQuestion, shots: int) -> tuple[str, list[str]]:
-    """The human turn and its image paths (template first in 1-shot).
+def mmad_prompt(question: MMADQuestion, letter_instruction: bool = False) -> tuple[str, list[str]]:
+    """The human turn of MMAD's scripts and its image paths (templates first, then the query).
+
+    Args:
+        question: The question (options as they are to be shown).
+        letter_instruction: Close with their ``--single-pred-prompt`` letter instruction.
 
     Returns:
         The prompt (one ``<image>`` per image) and the image paths relative to the root.
     """
-    fields = {"question": question.question, "options": format_options(question.options)}
-    if shots == 0:
-        return ZERO_SHOT_TEMPLATE.format(**fields), [question.image]
-    if question.template is None:
-        raise ValueError(f"{question.key}: 1-shot needs a similar template")
-    return ONE_SHOT_TEMPLATE.format(**fields), [question.template, question.image]
+    shots = len(question.templates)
+    prompt = INSTRUCTION + "\n"
+    if shots:
+        prompt += f"Following is {shots} image of normal sample:" + "<image>\n" * shots
+    prompt += "Test image: \n<image>\n"
+    prompt += "Following is new question list: \n"
+    prompt += f"{question.question} \n{format_options(question.options)}"
+    if letter_instruction:
+        prompt += "\n" + LETTER_INSTRUCTION
+    return prompt, [*question.templates, question.image]
+
+
+_MMAD_LETTER = re.compile(r"\b([A-E])\b")
+
+
+def parse_mmad(reply: str, options: Mapping[str, str], pick: str = "first") -> tuple[str | None, bool]:
+    """The letter MMAD's scripts read from a reply.
+
+    Every standalone capital A-E counts (so "A crack" reads as A); ``pick`` chooses the first (their LLaVA
+    script) or the last (their GPT-4o script). A reply without one gets the option whose text is closest to
+    the whole reply (difflib's ratio, no cutoff), as their LLaVA script does.
+
+    Args:
+        reply: The model's reply.
+        options: Letter -> option text, as shown.
+        pick: "first" or "last".
+
+    Returns:
+        The letter (None only without options) and whether it came from the option texts.
+    """
+    if pick not in LETTER_PICKS:
+        raise ValueError(f"pick={pick!r}; expected one of {list(LETTER_PICKS)}")
+    found = _MMAD_LETTER.findall(reply)
+    if found:
+        return (found[0] if pick == "first" else found[-1]), False
+    closest = difflib.get_close_matches(reply, list(options.values()), n=1, cutoff=0.0)
+    if not closest:
+        return None, False
+    return next(letter for letter, text in options.items() if text == closest[0]), True
 
 
 _BARE = re.compile(r"^\(?([A-Z])\)?[.:)]?$")
@@ -176,7 +255,7 @@ def _normalized(text: str) -> str:
 
 
 def parse_letter(reply: str, options: Mapping[str, str]) -> str | None:
-    """The option letter a reply gives, or None.
+    """The option letter a reply gives, or None (the strict parser).
 
     Tried in order: a bare letter ("B", "B.", "(B)"); a stated answer ("The answer is B", "Answer: (B)");
     a reply that opens with a letter ("B. No", "(B) No"); the text of exactly one option (whole words,
@@ -206,103 +285,128 @@ def parse_letter(reply: str, options: Mapping[str, str]) -> str | None:
     return contained[0] if len(contained) == 1 else None
 
 
-def _yes_like(text: str) -> bool | None:
-    """True for a "Yes" option, False for a "No" option, None otherwise (Anomaly Detection questions)."""
-    words = _normalized(text).split()
-    if not words:
-        return None
-    return True if words[0] == "yes" else False if words[0] == "no" else None
-
-
-def _safe(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def anomaly_detection_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Precision, recall, F1, overkill and miss rates of the Anomaly Detection questions.
-
-    "Anomalous" is the option whose text starts with "Yes". A question whose options are not a yes and a no,
-    or whose reply gave no letter, is counted (``unclassifiable``, ``unparseable``) and left out of the rates.
-    A rate with a zero denominator is None.
+def answer_record(
+    question: MMADQuestion, reply: str, parse: str = "mmad", pick: str = "first"
+) -> dict[str, Any]:
+    """The ``mmad.jsonl`` line of one answered question: both parsers' letters, the scored one and why.
 
     Args:
-        results: ``mmad.jsonl`` records of Anomaly Detection questions (``options``, ``answer``, ``letter``).
+        question: The question as asked (options as shown).
+        reply: The model's reply.
+        parse: "mmad" or "strict": which letter is scored (``letter``, ``correct``).
+        pick: :func:`parse_mmad`'s choice among several letters.
     """
-    tp = fp = fn = tn = unparseable = unclassifiable = 0
-    for record in results:
-        options = record["options"]
-        truth = _yes_like(options[record["answer"]])
-        if truth is None or not any(_yes_like(v) is (not truth) for v in options.values()):
-            unclassifiable += 1
-            continue
-        if record["letter"] is None:
-            unparseable += 1
-            continue
-        said = _yes_like(options[record["letter"]])
-        if said is None:
-            unclassifiable += 1
-            continue
-        tp += truth and said
-        fp += (not truth) and said
-        fn += truth and not said
-        tn += (not truth) and not said
-    precision, recall = _safe(tp, tp + fp), _safe(tp, tp + fn)
-    f1 = _safe(2 * tp, 2 * tp + fp + fn)
+    if parse not in PARSERS:
+        raise ValueError(f"parse={parse!r}; expected one of {list(PARSERS)}")
+    mmad_letter, from_text = parse_mmad(reply, question.options, pick)
+    strict_letter = parse_letter(reply, question.options)
+    letter = mmad_letter if parse == "mmad" else strict_letter
     return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "overkill": _safe(fp, fp + tn),
-        "miss": _safe(fn, fn + tp),
-        "counts": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
-        "unparseable": unparseable,
-        "unclassifiable": unclassifiable,
+        "key": question.key,
+        "image": question.image,
+        "dataset": question.dataset,
+        "type": question.type,
+        "question": question.question,
+        "options": question.options,
+        "answer": question.answer,
+        "templates": list(question.templates),
+        "reply": reply,
+        "letter_mmad": mmad_letter,
+        "letter_mmad_from_option_text": from_text,
+        "letter_strict": strict_letter,
+        "letter": letter,
+        "correct": letter is not None and letter == question.answer,
     }
 
 
-def mmad_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy per question type and per source dataset, their unweighted averages, and the AD rates.
+def mmad_metrics(
+    results: Sequence[Mapping[str, Any]], parse: str = "mmad", normal_flag: str = "good"
+) -> dict[str, Any]:
+    """MMAD's table (:func:`~anomaly_ov.eval.mmad_summary.mmad_summary`) under the configured parser, and the
+    overall average and letter counts under both parsers.
 
     Args:
-        results: ``mmad.jsonl`` records (``dataset``, ``type``, ``correct``, ``letter``, ``options``,
-            ``answer``).
+        results: ``mmad.jsonl`` records (:func:`answer_record`).
+        parse: The parser of the main table: "mmad" (records without an A-E letter left out) or "strict"
+            (every record counted, no letter = wrong).
+        normal_flag: A query image is normal when this string is in its path.
 
     Returns:
-        ``per_type`` / ``per_dataset`` accuracy, ``per_dataset_type`` (dataset -> type -> accuracy),
-        ``mean_over_types``, ``mean_over_datasets``, ``accuracy`` (over all questions), ``unparseable`` per
-        type,
-        ``num_questions`` per type, and ``anomaly_detection`` (see :func:`anomaly_detection_metrics`).
+        ``parse``, ``summary`` (the table and its counts), ``num_questions`` and ``parsers``: per parser its
+        ``average`` (the table's overall figure) and counts -- ``mmad``: ``excluded`` (left out of the
+        denominators), ``from_option_text`` (no letter in the reply, the closest option taken); ``strict``:
+        ``unparseable`` (no letter: counted wrong).
     """
+    if parse not in PARSERS:
+        raise ValueError(f"parse={parse!r}; expected one of {list(PARSERS)}")
     if not results:
         raise ValueError("no MMAD results to score")
-    by_type: dict[str, list[bool]] = defaultdict(list)
-    by_dataset: dict[str, list[bool]] = defaultdict(list)
-    by_both: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    unparseable: dict[str, int] = defaultdict(int)
-    for record in results:
-        correct = bool(record["correct"])
-        by_type[record["type"]].append(correct)
-        by_dataset[record["dataset"]].append(correct)
-        by_both[record["dataset"]][record["type"]].append(correct)
-        unparseable[record["type"]] += record["letter"] is None
-    per_type = {name: float(np.mean(v)) for name, v in sorted(by_type.items())}
-    per_dataset = {name: float(np.mean(v)) for name, v in sorted(by_dataset.items())}
+
+    def scored(key: str) -> list[ScoredAnswer]:
+        return [ScoredAnswer(r["image"], r["type"], r["answer"], r[key]) for r in results]
+
+    by_mmad = mmad_summary(scored("letter_mmad"), exclude_non_letters=True, normal_flag=normal_flag)
+    by_strict = mmad_summary(scored("letter_strict"), exclude_non_letters=False, normal_flag=normal_flag)
     return {
-        "per_type": per_type,
-        "per_dataset": per_dataset,
-        "per_dataset_type": {
-            d: {t: float(np.mean(v)) for t, v in sorted(types.items())}
-            for d, types in sorted(by_both.items())
+        "parse": parse,
+        "summary": by_mmad if parse == "mmad" else by_strict,
+        "num_questions": len(results),
+        "parsers": {
+            "mmad": {
+                "average": by_mmad["table"]["Average"]["Average"],
+                "excluded": by_mmad["excluded"],
+                "from_option_text": sum(bool(r["letter_mmad_from_option_text"]) for r in results),
+            },
+            "strict": {
+                "average": by_strict["table"]["Average"]["Average"],
+                "unparseable": sum(r["letter_strict"] is None for r in results),
+            },
         },
-        "mean_over_types": float(np.mean(list(per_type.values()))),
-        "mean_over_datasets": float(np.mean(list(per_dataset.values()))),
-        "accuracy": float(np.mean([bool(r["correct"]) for r in results])),
-        "num_questions": {name: len(v) for name, v in sorted(by_type.items())},
-        "unparseable": {name: unparseable[name] for name in sorted(by_type)},
-        "anomaly_detection": anomaly_detection_metrics(
-            [r for r in results if r["type"] == ANOMALY_DETECTION]
-        ),
     }
+
+
+def fitted_size(width: int, height: int, box: tuple[int, int] = MMAD_IMAGE_BOX) -> tuple[int, int]:
+    """(width, height) of an image fitted into ``box`` as MMAD's scripts compute it.
+
+    The scale is ``min(box_w / w, box_h / h)`` -- small images are enlarged -- and both sides are truncated
+    (``int``), in float arithmetic as theirs, so a side can come out one pixel short of the box.
+    """
+    scale = min(box[0] / width, box[1] / height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def mmad_fit(image: Image.Image) -> Image.Image:
+    """An image fitted into 512x512 as MMAD's scripts do (:func:`fitted_size`).
+
+    Shrinking averages areas -- PIL's box filter, the same area average as OpenCV's ``INTER_AREA`` (for an
+    integer factor exactly the block mean, up to rounding) -- and enlarging is bilinear, which is what
+    ``INTER_AREA`` does then.
+    """
+    size = fitted_size(*image.size)
+    shrinking = size[0] <= image.size[0] and size[1] <= image.size[1]
+    return image.resize(size, Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+
+
+def mmad_view(image: Image.Image, crop_size: int) -> Image.Image:
+    """An image as MMAD's LLaVA path hands it to LLaVA-OneVision's vision processor.
+
+    Fitted into 512x512 (:func:`mmad_fit`), re-encoded as a JPEG of quality 95 (OpenCV's default) and
+    decoded, then resized (bicubic, stretched) to the tower's ``crop_size`` square: the one crop their SigLIP
+    processor makes of every image.
+
+    Args:
+        image: An RGB image as :func:`~anomaly_ov.data.images.read_image` returns it (no long-side limit).
+        crop_size: The vision tower's input side.
+
+    Returns:
+        A ``crop_size`` x ``crop_size`` RGB image.
+    """
+    buffer = io.BytesIO()
+    mmad_fit(image).save(buffer, format="JPEG", quality=MMAD_JPEG_QUALITY)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        decoded = decoded.convert("RGB")
+    return decoded.resize((crop_size, crop_size), Image.Resampling.BICUBIC)
 
 
 def write_synthetic_mmad(root: str | Path, seed: int = 0) -> Path:

@@ -191,6 +191,8 @@ def test_bad_records_stop_the_run_or_are_skipped(tiny_zoo, synthetic_data, tmp_p
 
 
 def test_mmad_on_synthetic_images(tiny_zoo, synthetic_data, tmp_path):
+    from anomaly_ov.eval.mmad_summary import ScoredAnswer, mmad_summary
+
     root = _benchmark_copy(synthetic_data, tmp_path)
     out = tmp_path / "mmad"
     metrics = eval_benchmark(
@@ -200,22 +202,79 @@ def test_mmad_on_synthetic_images(tiny_zoo, synthetic_data, tmp_path):
             + ["benchmark=synthetic_mmad"],
         )
     )
-    questions = sum(len(v["conversation"]) for v in json.loads((root / "mmad.json").read_text()).values())
+    source = json.loads((root / "mmad.json").read_text())
+    questions = sum(len(v["conversation"]) for v in source.values())
     results = read_jsonl(out / "mmad.jsonl")
     assert len(results) == questions and set(results[0]) >= {
         "image",
         "type",
         "options",
+        "answer",
+        "templates",
         "reply",
+        "letter_mmad",
+        "letter_strict",
         "letter",
         "correct",
     }
+    shuffled = 0
+    for result in results:
+        image, index = result["key"].split("#")
+        asked = source[image]["conversation"][int(index)]
+        # the options are shown shuffled (seeded) and the answer follows its text
+        assert result["options"][result["answer"]] == asked["Options"][asked["Answer"]]
+        assert sorted(result["options"].values()) == sorted(asked["Options"].values())
+        shuffled += list(result["options"].values()) != list(asked["Options"].values())
+        assert result["templates"] == source[image]["random_templates"][:1]  # MMAD's default template
+    assert shuffled > 0
     mmad = metrics["mmad"]
-    assert sum(mmad["num_questions"].values()) == questions
-    # every reply of the untrained tiny model is counted: parsed (right or wrong) or unparseable
-    assert sum(mmad["unparseable"].values()) == sum(r["letter"] is None for r in results)
-    assert mmad["accuracy"] == pytest.approx(sum(r["correct"] for r in results) / questions)
-    assert "Anomaly Detection" in (out / "table.md").read_text()
+    assert mmad["parse"] == "mmad" and mmad["num_questions"] == questions
+    assert mmad["summary"]["num_answers"] + mmad["summary"]["excluded"] == questions
+    assert mmad["parsers"]["strict"]["unparseable"] == sum(r["letter_strict"] is None for r in results)
+    # the table is MMAD's summary of the stored letters, under each parser
+    again = mmad_summary(
+        [ScoredAnswer(r["image"], r["type"], r["answer"], r["letter_mmad"]) for r in results]
+    )
+    assert mmad["summary"]["table"] == again["table"]
+    assert mmad["parsers"]["mmad"]["average"] == again["table"]["Average"]["Average"]
+    table = (out / "table.md").read_text()
+    assert "parse=mmad" in table and "| Average |" in table and "Anomaly Detection" in table
+
+
+def test_evaluation_settings_reach_a_saved_model_folders_processor(tiny_zoo, tmp_path):
+    """max_image_side=null turns the release's resize off for a saved folder too; MMAD's preprocessing
+    encodes every image as one crop."""
+    from PIL import Image
+
+    from anomaly_ov.checkpoints import save_anomaly_ov
+    from anomaly_ov.recipes.eval_benchmark import _build_pipeline
+
+    cfg = compose_config("eval_benchmark", [f"paths.zoo_dir={tiny_zoo.root}", "cpu=true"])
+    torch.manual_seed(0)
+    bundle = instantiate(cfg.model, _convert_="all")
+    assert bundle.processor.max_image_side == 1024
+    save_anomaly_ov(bundle.model, bundle.processor, tmp_path / "folder", cfg.model)
+    big = Image.new("RGB", (1500, 1000), (90, 90, 90))
+
+    def pipeline(*overrides):
+        config = compose_config(
+            "eval_benchmark",
+            [f"paths.zoo_dir={tiny_zoo.root}", "cpu=true", f"model_dir={tmp_path / 'folder'}", *overrides],
+        )
+        return _build_pipeline(config, torch.device("cpu"))
+
+    released = pipeline().processor
+    assert released.encode_images([big]).image_sizes.tolist() == [[682, 1024]]
+    whole = pipeline("max_image_side=null").processor
+    assert whole.max_image_side is None and whole.encode_images([big]).image_sizes.tolist() == [[1000, 1500]]
+    assert released.max_image_side == 1024  # the loaded folder's processor is not changed in place
+    single = pipeline("benchmark=mmad", "benchmark.root=/unused")
+    assert not single.processor.anyres and single.processor.encode_images([big]).image_num_crops.tolist() == [
+        1
+    ]
+    assert single.generation["max_new_tokens"] == 64  # MMAD's LLaVA script
+    native = pipeline("benchmark=mmad", "benchmark.root=/unused", "benchmark.preprocess=native").processor
+    assert native.anyres and native.encode_images([big]).image_num_crops.tolist()[0] > 1
 
 
 def test_judge_scores_through_a_local_endpoint(tiny_zoo, synthetic_data, tmp_path):
