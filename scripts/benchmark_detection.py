@@ -14,7 +14,7 @@ Models (random weights, nothing downloaded):
   (1..6)x(1..6) x 384, ``anyres_max_9`` -- with the layers reduced (``--llm-layers``, ``--vision-layers``; the
   real model has 24 and 26) and the expert at its released sizes (1152 -> 512, 27x27 grid, 2x2 pooling)
   reading the last four vision layers. Images at real resolution: synthetic images enlarged to 1500x1000
-  (VisA's size), which the release's limit brings to 1024x683.
+  (VisA's size), which the release's limit brings to 1024x682.
 
 Random weights neither answer Yes/No nor stop, so the model is rigged first
 (:mod:`anomaly_ov.eval.yes_no_rig`): its reply is "Yes" or "No" depending on the image, then ``<|im_end|>``

@@ -90,16 +90,17 @@ def limited_size(width: int, height: int, max_side: int | None) -> tuple[int, in
 
     Returns:
         The size the image is resized to: the long side becomes ``max_side``, the short side is scaled by
-        the same factor and rounded (at least 1 pixel).
+        the same factor and truncated as the release's scripts do (``int(1024 * h / w)``: 1500x1000 ->
+        1024x682), at least 1 pixel.
     """
     if max_side is None or max(width, height) <= max_side:
         return width, height
     if max_side < 1:
         raise ValueError(f"max_side={max_side} must be positive or None.")
-    scale = max_side / max(width, height)
+    # integer floor division: the same as the release's int() of a float quotient for every image size
     if width >= height:
-        return max_side, max(1, round(height * scale))
-    return max(1, round(width * scale)), max_side
+        return max_side, max(1, max_side * height // width)
+    return max(1, max_side * width // height), max_side
 
 
 def limit_side(image: Image.Image, max_side: int | None) -> Image.Image:

@@ -43,8 +43,9 @@ def test_read_image_scales_sixteen_bit_grayscale_to_eight_bits(tmp_path):
 @pytest.mark.parametrize(
     ("size", "max_side", "expected"),
     [
-        ((1500, 1000), 1024, (1024, 683)),
-        ((1000, 1500), 1024, (683, 1024)),
+        ((1500, 1000), 1024, (1024, 682)),  # the release's int(1024 * 1000 / 1500), not round's 683
+        ((1000, 1500), 1024, (682, 1024)),
+        ((1200, 1200), 1024, (1024, 1024)),
         ((1024, 300), 1024, (1024, 300)),  # fits: unchanged
         ((4096, 256), 1024, (1024, 64)),  # AITEX strip
         ((1500, 1000), None, (1500, 1000)),  # limit off
@@ -54,11 +55,19 @@ def test_long_side_limit(size, max_side, expected):
     assert limited_size(*size, max_side) == expected
 
 
+def test_long_side_limit_truncates_as_the_release_for_every_size():
+    """The release's scripts: ``int(1024 * h / w)`` on the short side (w > h; the other branch otherwise)."""
+    for width in range(1025, 2600, 7):
+        for height in range(1, width + 1, 13):
+            assert limited_size(width, height, 1024) == (1024, max(1, int(1024 * height / width)))
+            assert limited_size(height, width, 1024) == (max(1, int(1024 * height / width)), 1024)
+
+
 def test_read_image_resizes_the_long_side_to_1024_before_anything_else(tmp_path):
     Image.new("RGB", (1500, 1000), (10, 200, 30)).save(tmp_path / "big.png")
-    assert read_image(tmp_path / "big.png").size == (1024, 683)
+    assert read_image(tmp_path / "big.png").size == (1024, 682)
     assert read_image(tmp_path / "big.png", max_side=None).size == (1500, 1000)
-    assert image_size(tmp_path / "big.png", max_side=1024) == (1024, 683)
+    assert image_size(tmp_path / "big.png", max_side=1024) == (1024, 682)
 
 
 def test_a_1500x1000_image_gets_the_release_2x3_tile_grid_not_3x4(tmp_path):
@@ -70,7 +79,7 @@ def test_a_1500x1000_image_gets_the_release_2x3_tile_grid_not_3x4(tmp_path):
     assert crops.num_crops(item) == 1 + 2 * 3
     assert crops(item).shape == (7, 3, 384, 384)
     assert ImageCrops(processor, max_image_side=None).num_crops(item) == 1 + 3 * 4
-    height, width = 683, 1024
+    height, width = 682, 1024
     grid = get_anyres_image_grid_shape((height, width), processor.image_grid_pinpoints, 384)
     assert tuple(grid) == (2, 3)
 
