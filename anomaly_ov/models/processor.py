@@ -131,9 +131,8 @@ class AnomalyOVProcessor:
         self.expert_tokens = expert_tokens
         self.max_image_side = max_image_side
         self.label_rule = label_rule
-        missing = [
-            token for token in (SEVERITY_TOKEN, ANOMALY_TOKEN) if token not in self.tokenizer.get_vocab()
-        ]
+        vocab = self.tokenizer.get_vocab()  # once: a 151k-token vocabulary takes most of a second to list
+        missing = [token for token in (SEVERITY_TOKEN, ANOMALY_TOKEN) if token not in vocab]
         if missing and expert_tokens:
             self.tokenizer.add_special_tokens(
                 {
