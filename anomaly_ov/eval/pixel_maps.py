@@ -5,6 +5,7 @@
   torch so a batch of maps is smoothed at once);
 * :func:`stitch_tile_maps` -- the map of an image from its AnyRes tiles at tile resolution (each tile's
   27x27 map side by side), instead of the whole-image crop's coarse 27x27 map;
+* :func:`field_mask` -- a mask at the field's square resolution (518 px in AnomalyCLIP's protocol);
 * :func:`region_layout` -- the pixels of a class whose masks differ in size, laid out so that the pooled
   pixel metrics and the per-region overlap (AUPRO) are computed exactly, each image at its own size.
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 from transformers.image_utils import ChannelDimension
@@ -114,6 +116,16 @@ def stitch_tile_maps(
     y1 = max(y0 + 1, round((top + inner_height) * scale))
     x1 = max(x0 + 1, round((left + inner_width) * scale))
     return canvas[y0:y1, x0:x1]
+
+
+def field_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """A mask at the field's square resolution, as AnomalyCLIP's test script makes it.
+
+    torchvision's ``Resize((side, side))`` of the 0/255 mask image is PIL's bilinear resize; ``ToTensor``
+    then ``> 0.5`` keeps the pixels above 127.5.
+    """
+    image = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L")
+    return np.asarray(image.resize((side, side), Image.Resampling.BILINEAR)) > 127.5
 
 
 def region_layout(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,9 @@ images only) is one conversation: ``<image>\\n`` + q1, the model's answer, q2 wi
 questions and the model's own answers, and so on (the release's ``test_reasoning.py``). The reference answers'
 key is not documented by the release, so it is a parameter. Scores (the release has no scoring code):
 ROUGE-L and Sentence-BERT cosine similarity against the reference, and optionally an LLM judge's score.
-Low-level reasoning is the first question, complex reasoning the others (the paper's Table 4). The
-published evaluation skips the classes pcb2 and pcb4.
+Low-level reasoning is the first question, complex reasoning the others (our reading of the paper's Table 4;
+the release does not define the split, so the count is a parameter). The published evaluation skips the
+classes pcb2 and pcb4.
 """
 
 from collections.abc import Mapping, Sequence
@@ -194,22 +195,26 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize_reasoning(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Means over answers of the low-level (first question) and complex (the others) reasoning scores.
+def summarize_reasoning(results: Sequence[Mapping[str, Any]], low_level_questions: int = 1) -> dict[str, Any]:
+    """Means over answers of the low-level (first questions) and complex (the others) reasoning scores.
 
     Judge failures are left out of the judge means and counted.
 
     Args:
         results: ``reasoning.jsonl`` records.
+        low_level_questions: How many of a record's first questions are low-level reasoning (1).
 
     Returns:
         ``low_level`` and ``complex`` (``rouge_l``, ``sbert``, ``judge`` means and answer counts),
         ``num_records``, ``judge_failures`` and ``judge_used``.
     """
+    if low_level_questions < 0:
+        raise ValueError(f"low_level_questions={low_level_questions} must be 0 or more")
     judge_used = any("judge" in r for r in results)
     summary: dict[str, Any] = {"num_records": len(results), "judge_used": judge_used}
     failures = 0
-    for part, select in (("low_level", slice(0, 1)), ("complex", slice(1, None))):
+    split = low_level_questions
+    for part, select in (("low_level", slice(0, split)), ("complex", slice(split, None))):
         values: dict[str, list[float]] = {"rouge_l": [], "sbert": [], "judge": []}
         answers = 0
         for record in results:

@@ -8,12 +8,15 @@ weights. A few images per class are written as heat-map overlays.
 
 Pixel maps (:class:`PixelMapSettings`, SPEC §5 "Field practice"): the map of the whole-image crop (27x27
 on the released tower) or the AnyRes tiles' maps stitched at tile resolution; optionally smoothed with the
-field's Gaussian (sigma 4) after upsampling; AUPRO exact or the labelled 200-threshold compatibility mode.
+field's Gaussian (sigma 4) after upsampling; AUPRO exact or the labelled 200-threshold compatibility mode;
+at each mask's own size (the default) or, with ``pixel_size`` (518), at the field's resolution as
+AnomalyCLIP computes it: masks resized bilinearly to 518x518 and thresholded at 0.5, maps upsampled to
+518x518 and smoothed there.
 
-Robustness: a class whose masks differ in size is evaluated with each image at its own mask size (or at
-``pixel_size``); a class whose pixel metrics cannot be computed keeps its image metrics (the reason is
-recorded); a class that cannot be evaluated at all is listed in ``failed_classes`` with the reason and left
-out of the mean -- it never aborts the dataset's number.
+Robustness: a class whose masks differ in size is evaluated with each image at its own mask size; a class
+whose pixel metrics cannot be computed keeps its image metrics (the reason is recorded); a class that cannot
+be evaluated at all is listed in ``failed_classes`` with the reason and left out of the mean -- it never
+aborts the dataset's number.
 
 The whole-image crop is the image stretched to the tower's square input in AnyRes mode, so its map is
 resized to the image's own size to lie over it; a single crop's padding is cut away first.
@@ -39,7 +42,7 @@ from anomaly_ov.eval.metrics import (
     evaluate_class,
     pixel_metrics,
 )
-from anomaly_ov.eval.pixel_maps import gaussian_smooth, region_layout, stitch_tile_maps
+from anomaly_ov.eval.pixel_maps import field_mask, gaussian_smooth, region_layout, stitch_tile_maps
 from anomaly_ov.inference.heatmap import save_heatmap_grid
 from anomaly_ov.models.expert import AnomalyExpert
 
@@ -60,11 +63,15 @@ class PixelMapSettings:
             the field's 4; None: no smoothing.
         aupro: "exact" (MVTec AD's definition) or "compat_200" (the 200-threshold approximation many
             repositories report; labelled as such in the results).
+        pixel_size: None: pixel metrics at each mask's own size; a side (518): masks resized to that square
+            with PIL's bilinear filter and thresholded at 0.5 (torchvision's ``Resize`` then ``> 0.5``, as
+            AnomalyCLIP's test script), maps upsampled to it, the smoothing applied at that size.
     """
 
     source: str = "whole"
     smoothing_sigma: float | None = None
     aupro: str = "exact"
+    pixel_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.source not in MAP_SOURCES:
@@ -73,6 +80,18 @@ class PixelMapSettings:
             raise ValueError(f"aupro mode {self.aupro!r} is not one of {list(AUPRO_MODES)}")
         if self.smoothing_sigma is not None and self.smoothing_sigma <= 0:
             raise ValueError(f"smoothing_sigma must be > 0 or None, got {self.smoothing_sigma}")
+        if self.pixel_size is not None and self.pixel_size < 1:
+            raise ValueError(f"pixel_size must be a positive side or None, got {self.pixel_size}")
+
+    def describe(self) -> str:
+        """One line naming how the pixel metrics were computed (for tables)."""
+        size = (
+            "each mask's own size"
+            if self.pixel_size is None
+            else f"{self.pixel_size}x{self.pixel_size} (masks bilinear, > 0.5: AnomalyCLIP's protocol)"
+        )
+        sigma = "no smoothing" if self.smoothing_sigma is None else f"Gaussian sigma {self.smoothing_sigma:g}"
+        return f"pixel metrics at {size}, {self.source}-crop maps, {sigma} at that size, AUPRO {self.aupro}"
 
 
 @dataclass(frozen=True)
@@ -225,14 +244,7 @@ def _pixel_arrays(
         pixels of all images laid out by :func:`~anomaly_ov.eval.pixel_maps.region_layout` ([1, 1, P]).
     """
     if pixel_size is not None:
-        size = (pixel_size, pixel_size)
-        masks = [
-            torch.nn.functional.interpolate(
-                torch.as_tensor(mask, dtype=torch.float32)[None, None], size=size, mode="nearest"
-            )[0, 0].numpy()
-            > 0.5
-            for mask in masks
-        ]
+        masks = [field_mask(mask, pixel_size) for mask in masks]
     upsampled = []
     for value, mask in zip(maps, masks, strict=True):
         # one map at a time: maps of padded single crops have their image's aspect, and smoothing in
@@ -306,7 +318,6 @@ def evaluate_dataset(
     skip_bad: bool = False,
     batch_size: int = 16,
     num_workers: int = 0,
-    pixel_size: int | None = None,
     max_fpr: float = 0.3,
     pixel_maps: PixelMapSettings | None = None,
 ) -> DatasetResult:
@@ -323,10 +334,9 @@ def evaluate_dataset(
         skip_bad: Leave unusable files out and report them instead of failing the class.
         batch_size: Images per expert forward pass.
         num_workers: Data-loader workers.
-        pixel_size: Resize masks and maps to this square size for the pixel metrics (None: each image's own
-            mask size).
         max_fpr: AUPRO integration limit.
-        pixel_maps: How the pixel maps are made (default: whole-image crop, no smoothing, exact AUPRO).
+        pixel_maps: How the pixel maps are made (default: whole-image crop, no smoothing, exact AUPRO, each
+            mask's own size).
 
     Returns:
         Per-class and mean metrics, with the classes that failed and the metrics that could not be computed.
@@ -357,7 +367,7 @@ def evaluate_dataset(
             elif with_masks is not None:
                 shown = with_masks[0]
                 pixels = _pixel_arrays(
-                    [maps[i] for i in shown], with_masks[1], pixel_size, settings.smoothing_sigma
+                    [maps[i] for i in shown], with_masks[1], settings.pixel_size, settings.smoothing_sigma
                 )
             metrics = _class_metrics(
                 class_name, labels[shown], scores[shown], pixels, max_fpr, settings.aupro, class_problems

@@ -384,7 +384,9 @@ def _summarize(
             det.summarize_detection(detection, float(cfg.detection.expert_threshold)) if detection else None
         )
         metrics["detection_protocol"] = cfg.detection.protocol if detection else None
-        metrics["reasoning"] = rsn.summarize_reasoning(reasoning) if reasoning else None
+        metrics["reasoning"] = (
+            rsn.summarize_reasoning(reasoning, int(cfg.reasoning.low_level_questions)) if reasoning else None
+        )
         rows = {
             row: table4_row(
                 metrics["detection"]["model"]["mean"] if detection else None, metrics["reasoning"]

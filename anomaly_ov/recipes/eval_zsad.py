@@ -137,6 +137,8 @@ def tables_markdown(
             if r.failed_classes
         ),
         "\n## Per-class metrics (%)\n",
+        # the pixel protocol named, so a number at 518 px is never read as one at mask size
+        *(f"- {name}: {r.pixel_maps.describe()}\n" for name, r in results.items()),
         *(class_table(name, r.to_dict()["classes"], r.mean) + "\n" for name, r in results.items()),
     ]
     return "\n".join(tables)
@@ -202,12 +204,12 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
             skip_bad=cfg.skip_bad_inputs,
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
-            pixel_size=cfg.pixel_size,
             max_fpr=cfg.max_fpr,
             pixel_maps=PixelMapSettings(
                 source=cfg.pixel_maps.source,
                 smoothing_sigma=cfg.pixel_maps.smoothing_sigma,
                 aupro=cfg.pixel_maps.aupro,
+                pixel_size=cfg.pixel_size,
             ),
         )
     write_skipped([s for r in results.values() for s in r.skipped], what.out_dir / "skipped_files.json")

@@ -95,6 +95,8 @@ def test_evaluation_ranks_anomalies_of_the_training_classes_first(trained, tiny_
     assert "| Model | synthetic_heldout | synthetic_seen | Avg |" in table
     assert "**Not zero-shot** (allow_seen=true): the model was trained on synthetic_seen." in table
     assert f"| train_expert | {100 * heldout['mean']['image_auroc']:.1f} |" in table
+    assert "- synthetic_heldout: pixel metrics at each mask's own size" in table  # the protocol is named
+    assert heldout["pixel_maps"]["pixel_size"] is None
     heatmaps = sorted(p.name for p in (eval_dir / "heatmaps").rglob("*.png"))
     assert len(heatmaps) == len(synthetic_data.train_categories) + len(synthetic_data.heldout_categories)
     with Image.open(next((eval_dir / "heatmaps" / "synthetic_heldout").glob("*.png"))) as grid:

@@ -85,3 +85,13 @@ def test_summary_splits_low_level_and_complex_and_counts_judge_failures():
     assert summary["judge_failures"] == 2 and summary["judge_used"]
     no_judge = summarize_reasoning([{k: v for k, v in r.items() if k != "judge"} for r in results])
     assert no_judge["low_level"]["judge"] is None and no_judge["judge_failures"] == 0
+
+
+def test_the_low_level_split_is_a_parameter():
+    results = [{"responses": ["a", "b", "c"], "rouge_l": [0.2, 0.5, 0.8], "sbert": [0.6, 0.8, 1.0]}]
+    two = summarize_reasoning(results, low_level_questions=2)
+    assert two["low_level"]["rouge_l"] == pytest.approx(0.35) and two["low_level"]["num_answers"] == 2
+    assert two["complex"]["rouge_l"] == pytest.approx(0.8) and two["complex"]["num_answers"] == 1
+    assert summarize_reasoning(results)["low_level"]["num_answers"] == 1  # the default: the first question
+    with pytest.raises(ValueError, match="low_level_questions"):
+        summarize_reasoning(results, low_level_questions=-1)

@@ -219,3 +219,56 @@ def test_pixel_map_settings_are_checked():
         PixelMapSettings(source="crop")
     with pytest.raises(ValueError, match="aupro mode 'approx'"):
         PixelMapSettings(aupro="approx")
+
+
+# ----------------------------------------------------------------------- the field's resolution (518 px)
+
+
+def test_field_mask_is_anomalyclips_resize_and_threshold():
+    """AnomalyCLIP's test script: torchvision Resize((518, 518)) of the 0/255 mask, ToTensor, > 0.5."""
+    from torchvision import transforms
+
+    from anomaly_ov.eval.pixel_maps import field_mask
+
+    reference = transforms.Compose([transforms.Resize((518, 518)), transforms.ToTensor()])
+    rng = np.random.default_rng(0)
+    for shape in ((900, 700), (300, 300), (1000, 1500)):
+        mask = ndimage.binary_dilation(rng.random(shape) > 0.999, iterations=9)
+        expected = reference(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))[0].numpy() > 0.5
+        np.testing.assert_array_equal(field_mask(mask, 518), expected)
+        assert expected.any() and not expected.all()
+
+
+def test_pixel_size_resizes_masks_and_smooths_maps_at_that_size():
+    from anomaly_ov.data.crops import upsample_maps
+    from anomaly_ov.eval.pixel_maps import field_mask
+    from anomaly_ov.eval.zsad import _pixel_arrays
+
+    rng = np.random.default_rng(1)
+    maps = [torch.as_tensor(rng.random((27, 27), dtype=np.float32)) for _ in range(2)]
+    masks = [rng.random((300, 400)) > 0.7, rng.random((250, 250)) > 0.7]  # two mask sizes
+    values, labels = _pixel_arrays(maps, masks, 518, 4.0)
+    assert values.shape == labels.shape == (2, 518, 518)  # one size: no per-image layout needed
+    for value, mask, out_value, out_mask in zip(maps, masks, values, labels, strict=True):
+        # sigma 4 in pixels of the 518x518 map, not of the mask's own size
+        expected = ndimage.gaussian_filter(upsample_maps(value[None], (518, 518))[0].astype(np.float64), 4.0)
+        np.testing.assert_allclose(out_value, expected, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(out_mask, field_mask(mask, 518))
+
+
+def test_pixel_size_is_named_in_the_results(tiny_parts, tmp_path):
+    samples = _mvtec(tmp_path, mask_sides=(64, 48))
+    settings = PixelMapSettings(smoothing_sigma=4.0, pixel_size=96)
+    field = evaluate_dataset("d", samples, tiny_parts[2], _source(tiny_parts), pixel_maps=settings)
+    own = evaluate_dataset(
+        "d", samples, tiny_parts[2], _source(tiny_parts), pixel_maps=PixelMapSettings(smoothing_sigma=4.0)
+    )
+    assert (
+        field.to_dict()["pixel_maps"]["pixel_size"] == 96
+        and own.to_dict()["pixel_maps"]["pixel_size"] is None
+    )
+    assert field.mean["image_auroc"] == own.mean["image_auroc"]
+    assert field.mean["pixel_auroc"] != own.mean["pixel_auroc"]
+    assert "96x96" in settings.describe() and "each mask's own size" in PixelMapSettings().describe()
+    with pytest.raises(ValueError, match="pixel_size"):
+        PixelMapSettings(pixel_size=0)
