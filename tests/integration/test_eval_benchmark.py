@@ -54,6 +54,16 @@ def test_config_needs_only_the_benchmark_root():
 
     assert missing([]) == {"benchmark.root"}  # the release's file names are relative to it
     assert missing(["benchmark=mmad"]) == {"benchmark.root"}
+    # the reproduction settings: the release's batch 1, MMAD's own protocol
+    assert compose_config("eval_benchmark", []).batch_size == 1
+    mmad = compose_config("eval_benchmark", ["benchmark=mmad"]).benchmark
+    assert (mmad.shots, mmad.template, mmad.parse, mmad.preprocess, mmad.shuffle_options) == (
+        1,
+        "random",
+        "mmad",
+        "mmad",
+        True,
+    )
     synthetic = compose_config("eval_benchmark", ["benchmark=synthetic_visa_dr", "paths.synthetic_dir=/s"])
     assert (synthetic.benchmark.root, synthetic.benchmark.detection_file) == ("/s", "visa_dr/test_data.json")
     assert synthetic.benchmark.skip_classes == ["pcb2", "pcb4"] and synthetic.judge is None
