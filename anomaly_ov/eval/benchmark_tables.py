@@ -83,6 +83,10 @@ def table4(rows: Mapping[str, Mapping[str, float | None]], published: bool = Tru
     return "\n".join(lines) + "\n"
 
 
+# MMAD's published 1-shot overall averages (jam-cc/MMAD all_result/*_accuracy.csv, "Average" row and column)
+MMAD_PUBLISHED_1_SHOT: dict[str, float] = {"LLaVA-OneVision-7B (si)": 63.27, "GPT-4o": 74.31}
+
+
 def mmad_table(name: str, metrics: Mapping[str, Any]) -> str:
     """MMAD's own table (their ``summary.py`` layout, percent): one row per source dataset and the average.
 
@@ -92,7 +96,8 @@ def mmad_table(name: str, metrics: Mapping[str, Any]) -> str:
 
     Returns:
         Markdown: a title naming the parser, the dataset x type table with the average, recall, precision,
-        F1, overkill and miss columns, and a line with both parsers' overall averages and letter counts.
+        F1, overkill and miss columns, a line with both parsers' overall averages and letter counts, and the
+        published 1-shot averages.
     """
     summary = metrics["summary"]
     columns = [*summary["types"], "Average", "Recall", "Precision", "F1", "Overkill", "Miss"]
@@ -111,5 +116,8 @@ def mmad_table(name: str, metrics: Mapping[str, Any]) -> str:
         f"Average with parse=mmad {by_mmad['average']:.1f} ({by_mmad['excluded']} left out without an A-E "
         f"letter, {by_mmad['from_option_text']} read from the option text); with parse=strict "
         f"{by_strict['average']:.1f} ({by_strict['unparseable']} without a letter, counted wrong).",
+        "Published 1-shot averages (MMAD's tables): "
+        + ", ".join(f"{model} {value:.1f}" for model, value in MMAD_PUBLISHED_1_SHOT.items())
+        + ".",
     ]
     return "\n".join(lines) + "\n"

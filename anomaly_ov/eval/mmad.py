@@ -40,15 +40,6 @@ from PIL import Image
 from anomaly_ov.eval.mmad_summary import ANOMALY_DETECTION, ScoredAnswer, mmad_summary
 from anomaly_ov.eval.records import RecordChecker, load_benchmark_json
 
-QUESTION_TYPES: tuple[str, ...] = (
-    ANOMALY_DETECTION,
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Analysis",
-)
 # MMAD's inspector instruction (their scripts' ``instruction``, leading and trailing newline included)
 INSTRUCTION = (
     "\nYou are an industrial inspector who checks products by images. You should judge whether there is a "

@@ -346,3 +346,22 @@ def test_mmad_view_is_one_stretched_square_crop_of_the_fitted_jpeg():
     pixels = np.asarray(view, dtype=int)
     assert np.abs(pixels[12, 8] - colours[0, 0]).max() <= 6
     assert np.abs(pixels[84, 88] - colours[3, 5]).max() <= 6
+
+
+def test_the_table_names_the_parser_both_counts_and_the_published_averages():
+    from anomaly_ov.eval.benchmark_tables import MMAD_PUBLISHED_1_SHOT, mmad_table
+
+    for model, name in (("LLaVA-OneVision-7B (si)", "llava-onevision-qwen2-7b-si"), ("GPT-4o", "gpt-4o")):
+        published = read_summary_csv(FIXTURES / f"answers_1_shot_{name}_accuracy.csv")
+        assert MMAD_PUBLISHED_1_SHOT[model] == round(published["Average"]["Average"], 2)
+    results = [
+        _record("D/c/test/good/1.png", ANOMALY_DETECTION, "B", "B", "B"),
+        _record("D/c/test/bad/2.png", ANOMALY_DETECTION, "A", "B", None, from_text=True),
+    ]
+    table = mmad_table("ours", mmad_metrics(results))
+    assert table.startswith("MMAD: ours (parse=mmad, 2 of 2 questions scored)")
+    assert (
+        "| D | 50.0 | 50.0 | 0.0 | 0.0 | 0.0 | 0.0 | 100.0 |" in table
+    )  # AD, Average, R, P, F1, overkill, miss
+    assert "with parse=strict 50.0 (1 without a letter, counted wrong)" in table
+    assert "LLaVA-OneVision-7B (si) 63.3, GPT-4o 74.3" in table
