@@ -41,6 +41,27 @@ _DEFECT_TEXT: dict[str, tuple[str, str, str]] = {
         "small foreign particles or fibres stuck to the surface",
         "Foreign material can spread to other parts or interfere with how the {noun} is used.",
     ),
+    # the transfer profile's further defect types (anomaly_ov.data.synthetic.transfer)
+    "misprint": (
+        "a misprint",
+        "a patch of the pattern printed out of place or in the wrong colour",
+        "A misprint makes the {noun} look faulty and can make its markings unreadable.",
+    ),
+    "dark_region": (
+        "a dark region",
+        "an area that is much darker than the rest of the surface",
+        "A dark region points to a dead, burnt or shadowed area where the {noun} does not work as it should.",
+    ),
+    "bright_region": (
+        "a bright region",
+        "an area that is much brighter than the rest of the surface",
+        "A bright region points to worn, bleached or overheated material on the {noun}.",
+    ),
+    "texture_break": (
+        "a texture break",
+        "a spot where the regular structure of the surface is broken or turned",
+        "A break in the structure shows that the {noun} was damaged or made wrongly at that spot.",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,13 @@ from anomaly_ov.data.synthetic.text import (
     describe_size,
     instruction_conversation,
     reasoning_questions,
+)
+from anomaly_ov.data.synthetic.transfer import (
+    HELDOUT_DEFECT_TYPES,
+    TRAIN_DEFECT_TYPES,
+    TRANSFER_CATEGORIES,
+    TRANSFER_DEFECT_TYPES,
+    render_transfer_sample,
 )
 
 # meta.json names the generator by its public module (as before the package split: same seed, same bytes).
@@ -39,6 +47,10 @@ class Scale:
         train_good: normal training images per class.
         test_good: normal test images per class.
         anomalous: anomalous test images per class (spread round-robin over the class's defect types).
+        profile: "classic" (:mod:`~anomaly_ov.data.synthetic.render`: nine classes, six defect types) or
+            "transfer" (:mod:`~anomaly_ov.data.synthetic.transfer`: sixteen classes, grey and colour, ten
+            defect types from faint to strong, training and held-out defect types).
+        heldout_anomalous: anomalous test images per held-out class (None: ``anomalous``).
 
     """
 
@@ -46,11 +58,52 @@ class Scale:
     train_good: int
     test_good: int
     anomalous: int
+    profile: str = "classic"
+    heldout_anomalous: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a generator profile draws: its classes, defect types and the renderer of one sample.
+
+    Attributes:
+        categories: The classes (each with its defect types and train / held-out role).
+        defect_types: Every defect type of the profile.
+        render: ``render(seed, category, split, defect, index, image_size) -> (clean, image, mask)``.
+        train_defect_types: The defect types of the training classes (None: no split of defect types).
+        heldout_defect_types: Defect types only the held-out classes receive.
+    """
+
+    categories: tuple[Category, ...]
+    defect_types: tuple[str, ...]
+    render: Callable[[int, str, str, str | None, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    train_defect_types: tuple[str, ...] | None = None
+    heldout_defect_types: tuple[str, ...] = ()
+
+
+PROFILES: dict[str, Profile] = {
+    "classic": Profile(CATEGORIES, DEFECT_TYPES, render_sample),
+    "transfer": Profile(
+        TRANSFER_CATEGORIES,
+        TRANSFER_DEFECT_TYPES,
+        render_transfer_sample,
+        TRAIN_DEFECT_TYPES,
+        HELDOUT_DEFECT_TYPES,
+    ),
+}
 
 
 SCALES: dict[str, Scale] = {
     "small": Scale(image_size=64, train_good=4, test_good=2, anomalous=5),
     "default": Scale(image_size=128, train_good=20, test_good=8, anomalous=12),
+    # the real-zoo demo's stage-1 data (README; the settings chosen on the held-out classes and defect types)
+    "transfer": Scale(
+        image_size=224, train_good=40, test_good=20, anomalous=40, profile="transfer", heldout_anomalous=40
+    ),
+    # a few images of the transfer profile, for the tests
+    "transfer_small": Scale(
+        image_size=64, train_good=3, test_good=2, anomalous=6, profile="transfer", heldout_anomalous=10
+    ),
 }
 
 
@@ -115,7 +168,10 @@ def _samples(category: Category, plan: Scale) -> list[tuple[str, str | None, int
     samples: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(plan.train_good)]
     samples += [("test", None, i) for i in range(plan.test_good)]
     per_defect = dict.fromkeys(category.defects, 0)
-    for k in range(plan.anomalous):
+    anomalous = plan.anomalous
+    if category.heldout and plan.heldout_anomalous is not None:
+        anomalous = plan.heldout_anomalous
+    for k in range(anomalous):
         per_defect[category.defects[k % len(category.defects)]] += 1
     samples += [("test", defect, i) for defect, count in per_defect.items() for i in range(count)]
     return samples
@@ -149,20 +205,22 @@ def generate_synthetic(
     root = Path(out_dir)
     _prepare(root, overwrite)
     plan = SCALES[scale]
+    profile = PROFILES[plan.profile]
     size = plan.image_size
     instruct: list[dict[str, object]] = []
     detection: list[dict[str, object]] = []
     reasoning: list[dict[str, object]] = []
     counts: dict[str, dict[str, int]] = {}
 
-    for class_index, category in enumerate(CATEGORIES):
+    for class_index, category in enumerate(profile.categories):
+        plan_samples = _samples(category, plan)
         counts[category.name] = {
             "train_good": plan.train_good,
             "test_good": plan.test_good,
-            "test_anomalous": plan.anomalous,
+            "test_anomalous": sum(defect is not None for _, defect, _ in plan_samples),
         }
-        for split, defect, index in _samples(category, plan):
-            _, image, mask = render_sample(seed, category.name, split, defect, index, size)
+        for split, defect, index in plan_samples:
+            _, image, mask = profile.render(seed, category.name, split, defect, index, size)
             relative = f"mvtec/{category.name}/{split}/{defect or 'good'}/{index:03d}.png"
             _save_png(image, root / relative)
             facts = Facts(noun=category.noun, defect=defect)
@@ -170,7 +228,8 @@ def generate_synthetic(
                 _save_png(mask, root / f"mvtec/{category.name}/ground_truth/{defect}/{index:03d}_mask.png")
                 facts = Facts(category.noun, defect, describe_location(mask), describe_size(mask))
             if not category.heldout:
-                text_rng = np.random.default_rng([seed, 1, class_index, role_code(split, defect), index])
+                role = role_code(split, None) if defect is None else 2 + profile.defect_types.index(defect)
+                text_rng = np.random.default_rng([seed, 1, class_index, role, index])
                 instruct.append(
                     {
                         "id": f"{category.name}_{split}_{defect or 'good'}_{index:03d}",
@@ -195,8 +254,8 @@ def generate_synthetic(
                         }
                     )
 
-    train = tuple(category.name for category in CATEGORIES if not category.heldout)
-    heldout = tuple(category.name for category in CATEGORIES if category.heldout)
+    train = tuple(category.name for category in profile.categories if not category.heldout)
+    heldout = tuple(category.name for category in profile.categories if category.heldout)
     dataset = SyntheticDataset(
         root=root,
         mvtec_root=root / "mvtec",
@@ -218,15 +277,19 @@ def generate_synthetic(
         "image_size": size,
         "train_categories": list(train),
         "heldout_categories": list(heldout),
-        "defect_types": list(DEFECT_TYPES),
+        "defect_types": list(profile.defect_types),
         "categories": {
             c.name: {"kind": c.kind, "noun": c.noun, "defects": list(c.defects), "heldout": c.heldout}
-            for c in CATEGORIES
+            for c in profile.categories
         },
         "counts": counts,
         "records": {"instruct": len(instruct), "test_data": len(detection), "visa_dr": len(reasoning)},
         "visa_dr_prompt": DETECTION_PROMPT,
     }
+    if plan.profile != "classic":  # the classic profile's meta.json stays as it always was
+        meta["profile"] = plan.profile
+        meta["train_defect_types"] = list(profile.train_defect_types or profile.defect_types)
+        meta["heldout_defect_types"] = list(profile.heldout_defect_types)
     _write_json(meta, dataset.meta_json)
     return dataset
 
@@ -259,7 +322,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     meta = json.loads(dataset.meta_json.read_text(encoding="utf-8"))
     images = sum(sum(count.values()) for count in meta["counts"].values())
     print(
-        f"wrote synthetic dataset to {dataset.root}: {len(CATEGORIES)} classes "
+        f"wrote synthetic dataset to {dataset.root}: {len(meta['categories'])} classes "
         f"({len(dataset.train_categories)} train, {len(dataset.heldout_categories)} held-out), "
         f"{images} images of {dataset.image_size}px, "
         f"{meta['records']['instruct']} instruction records, "

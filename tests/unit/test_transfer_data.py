@@ -1,0 +1,207 @@
+"""Issue 17's stage-1 data: the transfer profile of the generator, the installed ELPV package, and the
+darkness baseline (against a hand-computed case and sklearn)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from image_files import png as _png  # same folder (on sys.path)
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomaly_ov.data.prepare import elpv
+from anomaly_ov.data.synthetic import generate_synthetic
+from anomaly_ov.data.synthetic.transfer import (
+    HELDOUT_DEFECT_TYPES,
+    MIN_VISIBLE_CONTRAST,
+    MIN_VISIBLE_PIXELS,
+    TRAIN_DEFECT_TYPES,
+    TRANSFER_CATEGORIES,
+    TRANSFER_DEFECT_TYPES,
+    render_transfer_sample,
+)
+from anomaly_ov.data.zsad import sample
+from anomaly_ov.eval.baselines import baseline_aurocs, darkness_of_file, darkness_score
+
+# ---------------------------------------------------------------------------------------- transfer profile
+
+
+def test_defect_types_split_into_training_and_heldout_types():
+    assert set(TRAIN_DEFECT_TYPES) | set(HELDOUT_DEFECT_TYPES) == set(TRANSFER_DEFECT_TYPES)
+    assert not set(TRAIN_DEFECT_TYPES) & set(HELDOUT_DEFECT_TYPES)
+    assert len(TRANSFER_DEFECT_TYPES) == 10 and len(HELDOUT_DEFECT_TYPES) >= 3
+    train = [c for c in TRANSFER_CATEGORIES if not c.heldout]
+    heldout = [c for c in TRANSFER_CATEGORIES if c.heldout]
+    assert len(train) >= 10 and len(heldout) >= 3
+    # no training image shows a held-out defect type; the held-out classes show every type
+    assert all(set(c.defects) == set(TRAIN_DEFECT_TYPES) for c in train)
+    assert all(set(c.defects) == set(TRANSFER_DEFECT_TYPES) for c in heldout)
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_transfer_masks_are_exactly_the_changed_pixels_and_visible(size):
+    for category in TRANSFER_CATEGORIES:
+        defects = category.defects if size == 64 else category.defects[:2]
+        for defect in defects:
+            clean, image, mask = render_transfer_sample(5, category.name, "test", defect, 2, size)
+            assert clean.shape == image.shape == (size, size, 3) and mask.shape == (size, size)
+            changed = (clean != image).any(axis=-1)
+            np.testing.assert_array_equal(changed, mask == 255, err_msg=f"{category.name}/{defect}")
+            contrast = np.abs(image.astype(int) - clean.astype(int)).max(axis=-1)
+            assert (contrast >= MIN_VISIBLE_CONTRAST).sum() >= MIN_VISIBLE_PIXELS, (category.name, defect)
+
+
+def test_transfer_profile_has_grey_and_colour_images_and_faint_defects():
+    greys, contrasts = [], []
+    for category in TRANSFER_CATEGORIES:
+        for index in range(4):
+            clean, image, mask = render_transfer_sample(
+                0, category.name, "test", category.defects[index], 0, 64
+            )
+            greys.append(
+                bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+            )
+            changed = mask == 255
+            contrasts.append(np.abs(image.astype(int) - clean.astype(int)).max(axis=-1)[changed].mean())
+    assert 0 < sum(greys) < len(greys)
+    assert min(contrasts) < 20 < max(contrasts)  # from faint to strong
+
+
+def test_transfer_normal_samples_are_untouched_and_the_profile_is_deterministic():
+    for category in TRANSFER_CATEGORIES:
+        clean, image, mask = render_transfer_sample(0, category.name, "train", None, 0, 64)
+        np.testing.assert_array_equal(clean, image)
+        assert not mask.any()
+        again = render_transfer_sample(0, category.name, "train", None, 0, 64)[1]
+        np.testing.assert_array_equal(image, again)
+    with pytest.raises(ValueError, match="has defects"):
+        render_transfer_sample(0, "brick", "test", "scratch", 0, 64)  # a held-out type on a training class
+
+
+def test_transfer_scale_writes_the_layout_with_the_defect_type_split(tmp_path):
+    dataset = generate_synthetic(tmp_path / "a", seed=0, scale="transfer_small")
+    meta = json.loads(dataset.meta_json.read_text())
+    assert meta["profile"] == "transfer"
+    assert meta["train_defect_types"] == list(TRAIN_DEFECT_TYPES)
+    assert meta["heldout_defect_types"] == list(HELDOUT_DEFECT_TYPES)
+    assert set(dataset.heldout_categories) == {c.name for c in TRANSFER_CATEGORIES if c.heldout}
+    instruct = json.loads(dataset.instruct_json.read_text())
+    assert {r["class"] for r in instruct} == set(dataset.train_categories)
+    assert {r["defect"] for r in instruct if r["defect"]} <= set(TRAIN_DEFECT_TYPES)
+    detection = json.loads(dataset.test_data_json.read_text())
+    heldout_defects = {Path(r["image"]).parent.name for r in detection if r["anomaly"]}
+    assert set(HELDOUT_DEFECT_TYPES) <= heldout_defects
+    for path in sorted(dataset.mvtec_root.glob("*/test/*/*.png"))[:40]:
+        if path.parent.name == "good":
+            continue
+        mask = np.asarray(
+            Image.open(path.parents[2] / "ground_truth" / path.parent.name / f"{path.stem}_mask.png")
+        )
+        _, image, expected = render_transfer_sample(
+            0, path.parts[-4], "test", path.parent.name, int(path.stem), 64
+        )
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+        np.testing.assert_array_equal(mask, expected)
+    again = generate_synthetic(tmp_path / "b", seed=0, scale="transfer_small")
+    files = sorted(p.relative_to(dataset.root) for p in dataset.root.rglob("*") if p.is_file())
+    assert files and all((dataset.root / f).read_bytes() == (again.root / f).read_bytes() for f in files)
+
+
+# ----------------------------------------------------------------------------------- ELPV, installed package
+
+
+def _fake_package(root: Path, lines: str, images: range) -> Path:
+    data = root / "elpv_dataset" / "data"
+    for index in images:
+        _png(data / "images" / f"cell{index:04d}.png", mode="L")
+    (data / "labels.csv").write_text(lines)
+    (root / "elpv_dataset" / "__init__.py").write_text("")
+    return data
+
+
+LINES = (
+    "images/cell0001.png  1.0  mono\n"
+    "images/cell0002.png  0.0  poly\n"
+    "images/cell0003.png  0.6666666666666666  mono\n"
+)
+
+
+def test_installed_elpv_is_found_without_import_and_read_by_the_field_rule(tmp_path, monkeypatch):
+    data = _fake_package(tmp_path, LINES, range(1, 4))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert elpv.installed_elpv_root() == data
+    samples = elpv.InstalledElpvSource().read()
+    assert {s.image.name: s.label for s in samples} == {
+        "cell0001.png": 1,
+        "cell0002.png": 0,
+        "cell0003.png": 0,
+    }
+    mono = elpv.InstalledElpvSource(cell_types=["mono"]).read()
+    assert [s.image.name for s in mono] == ["cell0001.png", "cell0003.png"]
+    assert elpv.cell_types(data) == {"cell0001.png": "mono", "cell0002.png": "poly", "cell0003.png": "mono"}
+    with pytest.raises(ValueError, match="cell types"):
+        elpv.InstalledElpvSource(cell_types=["amorphous"]).read()
+
+
+def test_missing_or_incomplete_elpv_package_names_the_file_and_the_pip_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(elpv, "PACKAGE", "elpv_dataset_not_installed_anywhere")
+    with pytest.raises(
+        elpv.ElpvPackageError, match=r"not installed; run: pip install .*elpv-dataset==1\.0\.0"
+    ):
+        elpv.installed_elpv_root()
+    monkeypatch.setattr(elpv, "PACKAGE", "elpv_dataset")
+    _fake_package(tmp_path, LINES, range(1, 3))  # cell0003.png missing
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with pytest.raises(elpv.ElpvPackageError, match=r"cell0003\.png is missing \(1 of the 3 .*pip install"):
+        elpv.installed_elpv_root()
+    (tmp_path / "elpv_dataset" / "data" / "labels.csv").unlink()
+    with pytest.raises(elpv.ElpvPackageError, match=r"labels\.csv is missing"):
+        elpv.installed_elpv_root()
+
+
+# ------------------------------------------------------------------------------------------ darkness baseline
+
+
+def test_darkness_score_by_hand():
+    # mean grey (0 + 51 + 102 + 255) / 4 = 102 -> 1 - 102 / 255 = 0.6
+    assert darkness_score(np.array([[0, 51], [102, 255]], np.uint8)) == pytest.approx(0.6)
+    assert darkness_score(np.zeros((3, 3), np.uint8)) == 1.0
+    assert darkness_score(np.full((2, 5), 255, np.uint8)) == 0.0
+    with pytest.raises(ValueError, match="grey image"):
+        darkness_score(np.zeros((2, 2, 3)))
+
+
+def test_darkness_of_a_colour_file_uses_pil_luma(tmp_path):
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.full((4, 4, 3), [200, 100, 50], np.uint8)).save(path)
+    luma = (200 * 299 + 100 * 587 + 50 * 114) / 1000  # ITU-R 601-2, as PIL's convert("L") (rounded)
+    assert darkness_of_file(path) == pytest.approx(1 - round(luma) / 255)
+
+
+def test_baseline_aurocs_match_sklearn_per_group(tmp_path):
+    rng = np.random.default_rng(0)
+    samples, means = [], []
+    for index in range(24):
+        label = index % 3 == 0
+        grey = int(rng.integers(60, 200)) - (40 if label else 0)
+        path = tmp_path / f"{index:02d}.png"
+        Image.fromarray(np.full((6, 6), grey, np.uint8)).save(path)
+        samples.append(sample(path, label, "mono" if index < 12 else "poly"))
+        means.append(grey)
+    groups = {
+        "all": lambda s: True,
+        "mono": lambda s: s.class_name == "mono",
+        "poly": lambda s: s.class_name == "poly",
+    }
+    result = baseline_aurocs(samples, groups)
+    labels = np.array([s.label for s in samples])
+    darkness = -np.array(means, float)
+    assert result["all"]["image_auroc"] == pytest.approx(roc_auc_score(labels, darkness))
+    assert result["mono"]["image_auroc"] == pytest.approx(roc_auc_score(labels[:12], darkness[:12]))
+    assert result["poly"]["num_images"] == 12 and result["poly"]["num_anomalous"] == int(labels[12:].sum())
+    with pytest.raises(ValueError, match="group 'none'"):
+        baseline_aurocs(samples, {"none": lambda s: s.label == 1})
