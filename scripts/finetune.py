@@ -23,8 +23,11 @@ enforce_offline()
 def main(cfg: DictConfig) -> None:
     # imported after enforce_offline(): the recipe imports transformers, deepspeed and wandb
     from anomaly_ov.recipes.finetune import finetune
+    from anomaly_ov.training.preemption import PREEMPTED_EXIT_CODE
 
-    finetune(cfg)
+    if finetune(cfg)["preempted"]:
+        # stopped by a signal with a checkpoint: the SLURM script requeues, a rerun continues
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

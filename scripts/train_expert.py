@@ -22,8 +22,11 @@ enforce_offline()
 def main(cfg: DictConfig) -> None:
     # imported after enforce_offline(): the recipe imports transformers and wandb
     from anomaly_ov.recipes.train_expert import train_expert
+    from anomaly_ov.training.preemption import PREEMPTED_EXIT_CODE
 
-    train_expert(cfg)
+    if train_expert(cfg)["preempted"]:
+        # stopped by a signal with a checkpoint: the SLURM script requeues, a rerun continues
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training checkpoints in safetensors: the model weights plus the state needed to resume exactly.
 
-Per epoch a folder ``<run_dir>/checkpoints/epoch_<NNN>/`` holds
+Per epoch a folder ``<run_dir>/checkpoints/epoch_<NNN>/`` (and, when a run is stopped by a signal in the
+middle of an epoch, ``epoch_<NNN>_step_<SSSSSS>/``: ``NNN`` epochs and ``SSSSSS`` steps of the next) holds
 
 * ``expert.safetensors`` -- the model (written by the model's own ``save``);
 * ``training_state.safetensors`` -- the optimizer's tensors (``optimizer.<param>.<name>``), the CPU random
@@ -26,7 +27,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 MODEL_FILE = "expert.safetensors"
 STATE_FILE = "training_state.safetensors"
-_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")
 
 
 def optimizer_tensors(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
@@ -67,10 +68,13 @@ class EpochCheckpoint:
     Attributes:
         epoch: Number of epochs completed (1 after the first).
         folder: The folder holding :data:`MODEL_FILE` and :data:`STATE_FILE`.
+        step: Optimizer steps done in the next epoch (0 at an epoch boundary; more for a run stopped by a
+            signal mid-epoch).
     """
 
     epoch: int
     folder: Path
+    step: int = 0
 
     @property
     def model(self) -> Path:
@@ -90,8 +94,9 @@ def save_epoch_checkpoint(
     optimizer: Optimizer,
     scheduler: LRScheduler,
     counters: Mapping[str, object],
+    step: int = 0,
 ) -> EpochCheckpoint:
-    """Writes the checkpoint of a finished epoch (call it on one process only).
+    """Writes the checkpoint of a finished epoch, or of ``step`` steps into the next (one process only).
 
     Args:
         run_dir: The run folder.
@@ -100,11 +105,13 @@ def save_epoch_checkpoint(
         optimizer: The optimizer.
         scheduler: The learning-rate scheduler.
         counters: JSON-able loop state (global step, losses, ...).
+        step: Steps done in epoch ``epoch + 1`` (0: the epoch boundary).
 
     Returns:
         The checkpoint.
     """
-    final = run_dir / "checkpoints" / f"epoch_{epoch:03d}"
+    name = f"epoch_{epoch:03d}" if step == 0 else f"epoch_{epoch:03d}_step_{step:06d}"
+    final = run_dir / "checkpoints" / name
     temporary = final.with_name(final.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -119,7 +126,22 @@ def save_epoch_checkpoint(
     save_file(tensors, str(temporary / STATE_FILE), metadata=metadata)
     shutil.rmtree(final, ignore_errors=True)
     temporary.rename(final)
-    return EpochCheckpoint(epoch, final)
+    # a mid-epoch checkpoint is superseded by any later one
+    for match, path in _checkpoint_folders(run_dir):
+        if match.group(2) is not None and _position(match) < (epoch, step):
+            shutil.rmtree(path)
+    return EpochCheckpoint(epoch, final, step)
+
+
+def _position(match: re.Match) -> tuple[int, int]:
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _checkpoint_folders(run_dir: Path) -> list[tuple[re.Match, Path]]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return [(match, path) for path in folder.iterdir() if (match := _EPOCH_DIR.match(path.name))]
 
 
 def load_training_state(checkpoint: EpochCheckpoint, optimizer: Optimizer, scheduler: LRScheduler) -> dict:
@@ -138,29 +160,19 @@ def load_training_state(checkpoint: EpochCheckpoint, optimizer: Optimizer, sched
 
 
 def latest_checkpoint(run_dir: Path) -> EpochCheckpoint | None:
-    """The checkpoint of the last finished epoch in ``run_dir``, or None."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return None
+    """The newest complete checkpoint in ``run_dir`` (by epoch, then step), or None."""
     found = [
-        EpochCheckpoint(int(match.group(1)), path)
-        for path in folder.iterdir()
-        if (match := _EPOCH_DIR.match(path.name))
-        and (path / MODEL_FILE).is_file()
-        and (path / STATE_FILE).is_file()
+        EpochCheckpoint(epoch, path, step)
+        for (epoch, step), path in ((_position(match), path) for match, path in _checkpoint_folders(run_dir))
+        if (path / MODEL_FILE).is_file() and (path / STATE_FILE).is_file()
     ]
-    return max(found, key=lambda c: c.epoch, default=None)
+    return max(found, key=lambda c: (c.epoch, c.step), default=None)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Deletes all but the ``keep`` most recent epoch checkpoints of a run."""
     if keep < 1:
         raise ValueError(f"keep={keep} must be at least 1 (the last checkpoint is what a resume needs).")
-    folder = run_dir / "checkpoints"
-    epochs = sorted(
-        (int(match.group(1)), path)
-        for path in (folder.iterdir() if folder.is_dir() else [])
-        if (match := _EPOCH_DIR.match(path.name))
-    )
+    epochs = sorted((_position(match), path) for match, path in _checkpoint_folders(run_dir))
     for _, path in epochs[:-keep]:
         shutil.rmtree(path)

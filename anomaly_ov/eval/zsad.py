@@ -108,6 +108,9 @@ class DatasetResult:
         problems: Per class, the metrics that could not be computed and why.
         incomplete: Per metric, the evaluated classes that lack it (its mean is over the others).
         pixel_maps: The pixel-map settings used.
+        image_scores: Every evaluated image's ``{"image", "class", "label", "score"}`` (not in
+            :meth:`to_dict`; the evaluation writes them to ``scores.jsonl``, so a subset's AUROC -- e.g.
+            ELPV's mono and poly cells -- is computed from the same run).
     """
 
     name: str
@@ -119,6 +122,7 @@ class DatasetResult:
     problems: dict[str, list[str]] = field(default_factory=dict)
     incomplete: dict[str, list[str]] = field(default_factory=dict)
     pixel_maps: PixelMapSettings = field(default_factory=PixelMapSettings)
+    image_scores: list[dict[str, object]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict, ready for JSON."""
@@ -348,6 +352,7 @@ def evaluate_dataset(
     heatmaps: list[Path] = []
     failed: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
+    image_scores: list[dict[str, object]] = []
     for class_name, class_samples in group_by_class(samples).items():
         class_problems: list[str] = []
         try:
@@ -378,6 +383,15 @@ def evaluate_dataset(
             logger.warning("%s/%s: not evaluated (%s)", name, class_name, error)
             continue
         results.append(metrics)
+        image_scores += [
+            {
+                "image": str(kept_samples[i].image),
+                "class": class_name,
+                "label": int(labels[i]),
+                "score": float(scores[i]),
+            }
+            for i in shown
+        ]
         if class_problems:
             problems[class_name] = class_problems
             logger.warning("%s/%s: %s", name, class_name, "; ".join(class_problems))
@@ -395,7 +409,16 @@ def evaluate_dataset(
             )
     mean, incomplete = class_average(results)
     return DatasetResult(
-        name, results, mean, skipped, heatmaps, failed, problems, incomplete, pixel_maps=settings
+        name,
+        results,
+        mean,
+        skipped,
+        heatmaps,
+        failed,
+        problems,
+        incomplete,
+        pixel_maps=settings,
+        image_scores=image_scores,
     )
 
 

@@ -1,8 +1,8 @@
 """Zero-shot anomaly-detection evaluation of the expert (configs/eval_zsad.yaml; SPEC §5, Table 2).
 
 (Read the run's resolved config) -> build -> evaluate each dataset class by class -> write the resolved
-config, metrics.json, table.md and heat maps into the output folder. ``scripts/eval_zsad.py`` composes the
-config and calls :func:`eval_zsad`.
+config, metrics.json, table.md, scores.jsonl (every image's score) and heat maps into the output
+folder. ``scripts/eval_zsad.py`` composes the config and calls :func:`eval_zsad`.
 """
 
 import json
@@ -224,6 +224,10 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
         "datasets": {name: result.to_dict() for name, result in results.items()},
     }
     (what.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    # every image's score, so the AUROC of any subset (e.g. ELPV's mono / poly cells) comes from this run
+    with (what.out_dir / "scores.jsonl").open("w", encoding="utf-8") as handle:
+        for name, result in results.items():
+            handle.writelines(json.dumps({"dataset": name, **row}) + "\n" for row in result.image_scores)
     markdown = tables_markdown(what.row_name, results, seen, published=cfg.table.published)
     (what.out_dir / "table.md").write_text(markdown, encoding="utf-8")
     print(table2({what.row_name: image_aurocs(results)}))

@@ -10,9 +10,15 @@ boundary therefore sees exactly the batches it would have seen, and 1 and N proc
 batches. The last, smaller batch of an epoch is kept when every rank gets at least one item.
 """
 
+import json
 import logging
 import math
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +115,7 @@ def make_accelerator(
     mixed_precision: str = "no",
     log_with: str | None = None,
     project_dir: str | None = None,
+    timeout_minutes: float = 30.0,
 ) -> Accelerator:
     """The accelerate state of this process (DDP when launched with several processes).
 
@@ -117,8 +124,19 @@ def make_accelerator(
         mixed_precision: "no", "fp16" or "bf16".
         log_with: Experiment tracker ("wandb") or None.
         project_dir: Where trackers write.
+        timeout_minutes: Collective timeout while the run sets up (the feature-cache build); training then
+            uses ``trainer.fit.collective_timeout_s``.
     """
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with, project_dir=project_dir)
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))]
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        log_with=log_with,
+        project_dir=project_dir,
+        kwargs_handlers=handlers,
+    )
 
 
 def start_trackers(
@@ -166,3 +184,117 @@ def shutdown(accelerator: Accelerator) -> None:
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+ROSTER_DIR = "ranks"
+# the words of gloo's and NCCL's errors when a peer is gone or does not answer
+_COLLECTIVE_FAILURE_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket")
+
+
+class RankFailureError(RuntimeError):
+    """A collective operation failed because another rank died or stopped answering."""
+
+
+def set_collective_timeout(seconds: float | None) -> None:
+    """Sets how long a collective waits for the other ranks (no effect on one process).
+
+    A rank that dies is usually noticed at once (its sockets close); one that hangs, or a transport that
+    does not notice, holds the others until this timeout (PyTorch's default is 30 minutes).
+    """
+    if seconds is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.distributed_c10d.set_timeout(timedelta(seconds=seconds))
+
+
+def write_roster(run_dir: Path, rank: int) -> None:
+    """Records this rank's host and process id in ``<run_dir>/ranks/rank_<r>.json`` (read after a failure)."""
+    folder = run_dir / ROSTER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}
+    (folder / f"rank_{rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host is running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def describe_other_ranks(run_dir: Path, rank: int, world_size: int) -> str:
+    """Which other ranks are gone, from the roster: a process on this host is checked, others are not.
+
+    Returns:
+        E.g. ``"rank 1 (pid 4242 on node3) is gone"`` or ``"ranks 2, 3 on node4 could not be checked"``.
+    """
+    host = socket.gethostname()
+    dead, unchecked = [], []
+    for other in range(world_size):
+        if other == rank:
+            continue
+        path = run_dir / ROSTER_DIR / f"rank_{other}.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            unchecked.append(f"rank {other} (no roster entry)")
+            continue
+        where = f"pid {record['pid']} on {record['host']}"
+        if record["host"] != host:
+            unchecked.append(f"rank {other} ({where})")
+        elif not _alive(int(record["pid"])):
+            dead.append(f"rank {other} ({where})")
+    parts = []
+    if dead:
+        parts.append(f"{', '.join(dead)} {'is' if len(dead) == 1 else 'are'} gone")
+    if unchecked:
+        parts.append(f"{', '.join(unchecked)} could not be checked from here")
+    return "; ".join(parts) or "every other rank is still running here (one stopped answering)"
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether an exception is a failed collective (a dead or hung peer) rather than a bug or bad data."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(word in text for word in _COLLECTIVE_FAILURE_WORDS)
+
+
+@contextmanager
+def rank_failures(accelerator: Accelerator, run_dir: Path, last_checkpoint) -> Iterator[None]:
+    """Turns a failed collective of a multi-process run into a :class:`RankFailureError` saying what happened.
+
+    Args:
+        accelerator: The run's accelerator.
+        run_dir: The run folder (its roster names the ranks).
+        last_checkpoint: ``last_checkpoint() -> Path | None``: the newest complete checkpoint.
+
+    Raises:
+        RankFailureError: Naming this rank, the ranks that are gone and the last complete checkpoint.
+    """
+    try:
+        yield
+    except Exception as error:
+        if accelerator.num_processes == 1 or not is_collective_failure(error):
+            raise
+        checkpoint = last_checkpoint()
+        resume = (
+            f"the last complete checkpoint is {checkpoint}; rerun the same command with run_dir={run_dir} "
+            "to continue from it"
+            if checkpoint is not None
+            else "no checkpoint was completed; a rerun starts from the beginning"
+        )
+        message = (
+            f"rank {accelerator.process_index} of {accelerator.num_processes}: a collective operation "
+            f"failed ({describe_other_ranks(run_dir, accelerator.process_index, accelerator.num_processes)})"
+            f"; {resume}. Cause: {str(error).splitlines()[0][:300]}"
+        )
+        logging.getLogger(__name__).error(message)
+        raise RankFailureError(message) from error

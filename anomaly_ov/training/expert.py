@@ -15,20 +15,26 @@ Recipe (all arguments, configured in ``configs/train_expert.yaml``): AdamW, lr 1
 warm restarts every half epoch (stepped per optimizer step), 2 epochs, global batch 128. Distributed data
 parallel through accelerate; the data order depends only on (seed, epoch) (see
 :mod:`anomaly_ov.training.distributed`), and a checkpoint per epoch lets an interrupted run continue exactly
-where it stopped.
+where it stopped -- on the same or another number of processes, since neither the global batches nor the
+saved state depend on it. A preemption signal (:mod:`anomaly_ov.training.preemption`) stops the run at the
+next step with a mid-epoch checkpoint; a non-finite loss or gradient stops it or skips the step
+(:mod:`anomaly_ov.training.nonfinite`); a rank that dies ends the others with a message naming it
+(:func:`~anomaly_ov.training.distributed.rank_failures`).
 """
 
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
@@ -43,7 +49,17 @@ from anomaly_ov.checkpoints.training_state import (
 from anomaly_ov.data.feature_batch import FeatureBatch
 from anomaly_ov.models.expert import AnomalyExpert
 from anomaly_ov.models.expert_io import load_expert_weights, save_expert
-from anomaly_ov.training.distributed import plan_epoch, restart_period, steps_per_epoch
+from anomaly_ov.training.distributed import (
+    EpochPlan,
+    plan_epoch,
+    rank_failures,
+    restart_period,
+    set_collective_timeout,
+    steps_per_epoch,
+    write_roster,
+)
+from anomaly_ov.training.nonfinite import NonFinitePolicy
+from anomaly_ov.training.preemption import PreemptionGuard, clear_marker, ignore_in_worker, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +110,9 @@ class TrainingResult:
         expert_path: The final expert weights (safetensors, ``anomaly_ov.models.expert_io.load_expert``).
         resumed_from_epoch: Epochs already done when this run started (0 for a fresh run).
         steps_per_epoch: Optimizer steps per epoch.
+        preempted: The signal that stopped the run before its end (None: it finished), see
+            :mod:`~anomaly_ov.training.preemption`; ``expert_path`` is then not written.
+        nonfinite_steps: The steps skipped for a non-finite loss or gradient (``trainer.fit.nonfinite=skip``).
     """
 
     losses: list[float]
@@ -101,6 +120,8 @@ class TrainingResult:
     expert_path: Path
     resumed_from_epoch: int
     steps_per_epoch: int
+    preempted: str | None = None
+    nonfinite_steps: list[dict] = field(default_factory=list)
 
 
 class ExpertTrainer:
@@ -122,6 +143,10 @@ class ExpertTrainer:
         log_every_n_steps: Tracker / log interval.
         progress: Show a progress bar on the main process.
         keep_last_checkpoints: Keep only this many epoch checkpoints (None: all).
+        nonfinite: ``stop`` or ``skip`` a step whose loss or gradients are not finite
+            (:mod:`~anomaly_ov.training.nonfinite`).
+        max_consecutive_nonfinite: With ``skip``, stop after this many non-finite steps in a row.
+        collective_timeout_s: How long a collective of the training loop waits for the other ranks.
     """
 
     def __init__(
@@ -140,6 +165,9 @@ class ExpertTrainer:
         log_every_n_steps: int = 10,
         progress: bool = True,
         keep_last_checkpoints: int | None = None,
+        nonfinite: str = "stop",
+        max_consecutive_nonfinite: int = 3,
+        collective_timeout_s: float | None = 600.0,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"epochs={epochs} must be at least 1.")
@@ -157,6 +185,18 @@ class ExpertTrainer:
         self.log_every_n_steps = log_every_n_steps
         self.progress = progress
         self.keep_last_checkpoints = keep_last_checkpoints
+        self.nonfinite = NonFinitePolicy(nonfinite, max_consecutive_nonfinite)
+        self.collective_timeout_s = collective_timeout_s
+
+    def _batch_ids(self, plan: EpochPlan, step: int, sample_ids: Sequence[str] | None) -> list[str]:
+        """The samples of a step's global batch (a collective: every rank calls it)."""
+        share = [i for p, batch in enumerate(plan.micro_batches) if plan.step_of[p] == step for i in batch]
+        indices = sorted(i for part in gather_object([share]) for i in part)
+        return [sample_ids[i] if sample_ids is not None else f"item {i}" for i in indices]
+
+    def _last_checkpoint(self) -> Path | None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        return None if checkpoint is None else checkpoint.folder
 
     def fit(
         self,
@@ -165,6 +205,7 @@ class ExpertTrainer:
         featurize: Callable[[object], FeatureBatch],
         labels: Sequence[int],
         resume: bool = True,
+        sample_ids: Sequence[str] | None = None,
     ) -> TrainingResult:
         """Trains for the configured epochs, resuming from the run's last checkpoint if there is one.
 
@@ -173,7 +214,8 @@ class ExpertTrainer:
             collate_fn: The dataset's collate function.
             featurize: Batch -> :class:`FeatureBatch` (the tower runs here when streaming).
             labels: 0/1 label of each item.
-            resume: Continue from the last finished epoch in ``run_dir`` if any.
+            resume: Continue from the newest checkpoint in ``run_dir`` if any.
+            sample_ids: How messages name each item (its image path); None: by index.
 
         Returns:
             The losses and the final weights' path.
@@ -194,7 +236,7 @@ class ExpertTrainer:
 
         losses: list[float] = []
         epoch_losses: list[float] = []
-        start_epoch = 0
+        start_epoch, start_step, epoch_start = 0, 0, 0
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if checkpoint is not None:
             load_expert_weights(accelerator.unwrap_model(model), checkpoint.model)
@@ -204,82 +246,151 @@ class ExpertTrainer:
                 counters["losses"],
                 counters["epoch_losses"],
             )
-            logger.info("resuming %s after epoch %d", self.run_dir, start_epoch)
+            start_step = counters.get("step", 0)
+            epoch_start = counters.get("epoch_start", len(losses))
+            self.nonfinite.load(counters.get("nonfinite"))
+            logger.info("resuming %s after epoch %d, step %d", self.run_dir, start_epoch, start_step)
+        write_roster(self.run_dir, accelerator.process_index)
+        if accelerator.is_main_process:
+            clear_marker(self.run_dir)
+        set_collective_timeout(self.collective_timeout_s)
+
+        def counters_at(epoch: int, step: int) -> dict:
+            return {
+                "epoch": epoch,
+                "step": step,
+                "losses": losses,
+                "epoch_losses": epoch_losses,
+                "epoch_start": epoch_start,
+                "nonfinite": self.nonfinite.state(),
+                "num_processes": accelerator.num_processes,
+            }
 
         dtype = next(self.expert.parameters()).dtype
-        for epoch in range(start_epoch, self.epochs):
-            model.train()
-            plan = plan_epoch(
-                len(dataset),
-                self.global_batch_size,
-                self.micro_batch_size,
-                accelerator.process_index,
-                accelerator.num_processes,
-                self.seed,
-                epoch,
-            )
-            loader = DataLoader(
-                dataset, batch_sampler=plan.micro_batches, collate_fn=collate_fn, num_workers=self.num_workers
-            )
-            bar = tqdm(
-                total=plan.num_steps,
-                desc=f"epoch {epoch + 1}/{self.epochs}",
-                disable=not (self.progress and accelerator.is_main_process),
-            )
-            step_loss = torch.zeros((), device=accelerator.device)
-            epoch_start = len(losses)
-            for position, batch in enumerate(loader):
-                step = plan.step_of[position]
-                features = featurize(batch).to(accelerator.device, dtype)
-                targets = label_tensor[features.indices].to(accelerator.device)
-                # Gradients are synchronised only on the last micro-batch of a step.
-                sync = nullcontext() if plan.last_in_step[position] else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    output = model(features.final, features.levels, features.crops_per_image)
-                    loss_sum = balanced_bce_sum(output.score_logits.float(), targets, weights)
-                    # DDP averages gradients over processes; scaling by the process count makes the
-                    # update the gradient of the global-batch mean for any split of the batch.
-                    accelerator.backward(loss_sum * accelerator.num_processes / plan.step_sizes[step])
-                step_loss += loss_sum.detach()
-                if not plan.last_in_step[position]:
-                    continue
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_loss = accelerator.reduce(step_loss, reduction="sum").item() / plan.step_sizes[step]
-                step_loss = torch.zeros((), device=accelerator.device)
-                losses.append(global_loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{global_loss:.4f}")
-                global_step = len(losses)
-                if global_step % self.log_every_n_steps == 0 or step == plan.num_steps - 1:
-                    accelerator.log(
-                        {
-                            "train/loss": global_loss,
-                            "train/lr": scheduler.get_last_lr()[0],
-                            "train/epoch": epoch + (step + 1) / plan.num_steps,
-                        },
-                        step=global_step,
-                    )
-            bar.close()
-            epoch_losses.append(sum(losses[epoch_start:]) / max(1, len(losses) - epoch_start))
-            logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, self.epochs, epoch_losses[-1])
-            if accelerator.is_main_process:
-                save_epoch_checkpoint(
-                    self.run_dir,
-                    epoch + 1,
-                    partial(save_expert, accelerator.unwrap_model(model)),
-                    optimizer,
-                    scheduler,
-                    {"epoch": epoch + 1, "losses": losses, "epoch_losses": epoch_losses},
+        preempted = None
+        guard = PreemptionGuard()
+        with guard, rank_failures(accelerator, self.run_dir, self._last_checkpoint):
+            for epoch in range(start_epoch, self.epochs):
+                model.train()
+                plan = plan_epoch(
+                    len(dataset),
+                    self.global_batch_size,
+                    self.micro_batch_size,
+                    accelerator.process_index,
+                    accelerator.num_processes,
+                    self.seed,
+                    epoch,
                 )
-                if self.keep_last_checkpoints is not None:
-                    prune_checkpoints(self.run_dir, self.keep_last_checkpoints)
-            accelerator.wait_for_everyone()
+                first_step = start_step if epoch == start_epoch else 0
+                first = plan.step_of.index(first_step)
+                if first_step == 0:
+                    epoch_start = len(losses)
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=plan.micro_batches[first:],
+                    collate_fn=collate_fn,
+                    num_workers=self.num_workers,
+                    worker_init_fn=ignore_in_worker,
+                )
+                bar = tqdm(
+                    total=plan.num_steps,
+                    initial=first_step,
+                    desc=f"epoch {epoch + 1}/{self.epochs}",
+                    disable=not (self.progress and accelerator.is_main_process),
+                )
+                step_loss = torch.zeros((), device=accelerator.device)
+                for position, batch in enumerate(loader, start=first):
+                    step = plan.step_of[position]
+                    features = featurize(batch).to(accelerator.device, dtype)
+                    targets = label_tensor[features.indices].to(accelerator.device)
+                    # Gradients are synchronised only on the last micro-batch of a step.
+                    sync = nullcontext() if plan.last_in_step[position] else accelerator.no_sync(model)
+                    with sync, accelerator.autocast():
+                        output = model(features.final, features.levels, features.crops_per_image)
+                        loss_sum = balanced_bce_sum(output.score_logits.float(), targets, weights)
+                        # DDP averages gradients over processes; scaling by the process count makes the
+                        # update the gradient of the global-batch mean for any split of the batch.
+                        accelerator.backward(loss_sum * accelerator.num_processes / plan.step_sizes[step])
+                    step_loss += loss_sum.detach()
+                    if not plan.last_in_step[position]:
+                        continue
+                    global_step = epoch * plan.num_steps + step + 1
+                    bad_gradients = any(
+                        p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                        for p in model.parameters()
+                    )
+                    flags = torch.stack(
+                        [step_loss, torch.tensor(float(bad_gradients), device=step_loss.device)]
+                    )
+                    totals = accelerator.reduce(flags, reduction="sum").tolist()
+                    global_loss = totals[0] / plan.step_sizes[step]
+                    step_loss = torch.zeros((), device=accelerator.device)
+                    if math.isfinite(global_loss) and totals[1] == 0:
+                        optimizer.step()
+                        scheduler.step()
+                        losses.append(global_loss)
+                        self.nonfinite.good_step()
+                    else:
+                        ids = self._batch_ids(plan, step, sample_ids)
+                        record = self.nonfinite.bad_step(
+                            global_step, global_loss, ids, self._last_checkpoint()
+                        )
+                        logger.warning(
+                            "step %d skipped: non-finite loss or gradients (%s)", global_step, record
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{global_loss:.4f}")
+                    if global_step % self.log_every_n_steps == 0 or step == plan.num_steps - 1:
+                        accelerator.log(
+                            {
+                                "train/loss": global_loss,
+                                "train/lr": scheduler.get_last_lr()[0],
+                                "train/epoch": epoch + (step + 1) / plan.num_steps,
+                            },
+                            step=global_step,
+                        )
+                    if step + 1 < plan.num_steps and guard.requested(accelerator):
+                        preempted = guard.signal_name or "a signal on another rank"
+                        self._save(epoch, counters_at(epoch, step + 1), optimizer, scheduler, model, step + 1)
+                        if accelerator.is_main_process:
+                            write_marker(self.run_dir, preempted, global_step, self._last_checkpoint())
+                        break
+                bar.close()
+                if preempted is not None:
+                    break
+                epoch_losses.append(sum(losses[epoch_start:]) / max(1, len(losses) - epoch_start))
+                logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, self.epochs, epoch_losses[-1])
+                epoch_start = len(losses)
+                self._save(epoch + 1, counters_at(epoch + 1, 0), optimizer, scheduler, model, 0)
+                if epoch + 1 < self.epochs and guard.requested(accelerator):
+                    preempted = guard.signal_name or "a signal on another rank"
+                    if accelerator.is_main_process:
+                        write_marker(self.run_dir, preempted, len(losses), self._last_checkpoint())
+                    break
 
         expert_path = self.run_dir / MODEL_FILE
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and preempted is None:
             final = latest_checkpoint(self.run_dir)
             shutil.copyfile(final.model, expert_path)
         accelerator.wait_for_everyone()
-        return TrainingResult(losses, epoch_losses, expert_path, start_epoch, num_steps)
+        return TrainingResult(
+            losses, epoch_losses, expert_path, start_epoch, num_steps, preempted, list(self.nonfinite.skipped)
+        )
+
+    def _save(self, epoch: int, counters: dict, optimizer, scheduler, model, step: int) -> None:
+        """Writes a checkpoint on the main process (``step`` > 0: mid-epoch), then waits for every rank."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            save_epoch_checkpoint(
+                self.run_dir,
+                epoch,
+                partial(save_expert, accelerator.unwrap_model(model)),
+                optimizer,
+                scheduler,
+                counters,
+                step=step,
+            )
+            if self.keep_last_checkpoints is not None:
+                prune_checkpoints(self.run_dir, self.keep_last_checkpoints)
+        accelerator.wait_for_everyone()

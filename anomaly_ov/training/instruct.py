@@ -21,7 +21,14 @@ Checkpoints. Every ``save_every_n_steps`` optimizer steps and at the end, ``<run
 holds accelerate's state (DeepSpeed's model/optimizer/scheduler shards, every rank's random state) and
 ``trainer_state.json`` (epoch, position in the epoch, the loss history). A folder is complete once that JSON
 exists (it is written last); resuming loads the newest complete one and continues at the next step, so an
-interrupted run reproduces the uninterrupted run's losses.
+interrupted run reproduces the uninterrupted run's losses. ZeRO's optimizer shards belong to the process
+count that wrote them: resuming on another count is refused (:func:`check_process_count`).
+
+Faults. A preemption signal (:mod:`anomaly_ov.training.preemption`) stops the run after the current step
+with a checkpoint; a step whose gradients are not finite is not applied by DeepSpeed (fp16, bf16, or
+float32 with gradient clipping), and :mod:`anomaly_ov.training.nonfinite` stops the run or skips the step; a
+rank that dies ends the others with a message naming it (:func:`~anomaly_ov.training.distributed.
+rank_failures`).
 """
 
 import json
@@ -51,6 +58,9 @@ from anomaly_ov.training.deepspeed import (
     register_outside_parameters,
     zero_stage,
 )
+from anomaly_ov.training.distributed import rank_failures, set_collective_timeout, write_roster
+from anomaly_ov.training.nonfinite import NonFiniteError, NonFinitePolicy
+from anomaly_ov.training.preemption import PreemptionGuard, clear_marker, ignore_in_worker, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +160,8 @@ class InstructResult:
         resumed_from_step: Steps already done when this invocation started (0 for a fresh run).
         finished: Whether the schedule is complete (False after ``stop_after_steps``).
         left_out_per_epoch: Samples of each epoch in no optimizer step.
+        preempted: The signal that stopped this invocation at a checkpoint (None: not stopped by one).
+        nonfinite_steps: Steps skipped for non-finite gradients (``nonfinite=skip``), with their samples.
     """
 
     losses: list[float]
@@ -159,6 +171,8 @@ class InstructResult:
     resumed_from_step: int
     finished: bool
     left_out_per_epoch: list[int] = field(default_factory=list)
+    preempted: str | None = None
+    nonfinite_steps: list[dict] = field(default_factory=list)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -185,6 +199,25 @@ def latest_step_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(_STEP_PREFIX) :]), default=None)
 
 
+def check_process_count(checkpoint: Path, num_processes: int) -> None:
+    """Refuses to resume a checkpoint written by another number of processes.
+
+    DeepSpeed's ZeRO checkpoint holds one optimizer shard and one random state per process, cut for that
+    count; loading them on another count would fail or mix states, so the run is refused up front.
+
+    Raises:
+        ValueError: Naming both counts and the checkpoint.
+    """
+    state = json.loads((checkpoint / STATE_NAME).read_text())
+    written = state.get("num_processes") or len(list(checkpoint.glob("random_states_*.pkl"))) or None
+    if written is not None and written != num_processes:
+        raise ValueError(
+            f"{checkpoint} was written by {written} processes; this run has {num_processes}. ZeRO's "
+            "optimizer shards are cut per process, so a stage-2 run resumes on the same count: relaunch with "
+            f"{written} processes, or start a new run_dir."
+        )
+
+
 class InstructTrainer:
     """Fits Anomaly-OV on instruction data with DeepSpeed ZeRO (see the module docstring).
 
@@ -209,6 +242,11 @@ class InstructTrainer:
         stop_after_steps: End this invocation after this many optimizer steps in all (checkpointed), without
             changing the schedule; rerunning with the same ``run_dir`` continues (None: run to the end).
         progress: Progress bar on the main process.
+        nonfinite: ``stop`` or ``skip`` a step whose loss or gradients are not finite
+            (:mod:`~anomaly_ov.training.nonfinite`).
+        max_consecutive_nonfinite: With ``skip``, stop after this many non-finite steps in a row.
+        collective_timeout_s: How long a collective of the training loop waits for the other ranks (the
+            accelerator's ``timeout_minutes`` covers the set-up, when the main process reads the mixture).
     """
 
     def __init__(
@@ -229,6 +267,9 @@ class InstructTrainer:
         keep_last_checkpoints: int | None = 2,
         stop_after_steps: int | None = None,
         progress: bool = True,
+        nonfinite: str = "stop",
+        max_consecutive_nonfinite: int = 3,
+        collective_timeout_s: float | None = 600.0,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"epochs={epochs} must be at least 1.")
@@ -254,6 +295,8 @@ class InstructTrainer:
         self.keep_last_checkpoints = keep_last_checkpoints
         self.stop_after_steps = stop_after_steps
         self.progress = progress
+        self.nonfinite = NonFinitePolicy(nonfinite, max_consecutive_nonfinite)
+        self.collective_timeout_s = collective_timeout_s
         self.engine: nn.Module | None = None
 
     # ------------------------------------------------------------------ setup
@@ -351,6 +394,7 @@ class InstructTrainer:
         lengths: Sequence[int] | None = None,
         multimodal: Sequence[bool] | None = None,
         resume: bool = True,
+        sample_ids: Sequence[str] | None = None,
     ) -> InstructResult:
         """Trains for the configured epochs, continuing the run's newest checkpoint if there is one.
 
@@ -360,6 +404,7 @@ class InstructTrainer:
             lengths: Token length of each sample (for ``group_by_length``).
             multimodal: Whether each sample has images (for ``group_by_length``).
             resume: Continue from the newest complete checkpoint in ``run_dir``.
+            sample_ids: How messages name each sample (the record's id); None: by index.
 
         Returns:
             The loss history and the schedule's length.
@@ -379,10 +424,19 @@ class InstructTrainer:
             )
         total_steps = steps_per_epoch * self.epochs
         self._prepare(total_steps)
-        state = {"global_step": 0, "losses": [], "learning_rates": [], "left_out": []}
+        state = {
+            "global_step": 0,
+            "losses": [],
+            "learning_rates": [],
+            "left_out": [],
+            "num_processes": accelerator.num_processes,
+        }
         if resume and (loaded := self._resume()) is not None:
             state = loaded
+            self.nonfinite.load(state.get("nonfinite"))
         resumed_from = state["global_step"]
+        write_roster(self.run_dir, accelerator.process_index)
+        set_collective_timeout(self.collective_timeout_s)
         metrics_path = self.run_dir / METRICS_NAME
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +448,7 @@ class InstructTrainer:
                     if line and json.loads(line)["step"] <= resumed_from
                 ]
             metrics_path.write_text("".join(f"{line}\n" for line in kept))
+            clear_marker(self.run_dir)
         stop_at = total_steps if self.stop_after_steps is None else min(total_steps, self.stop_after_steps)
 
         bar = tqdm(
@@ -405,55 +460,78 @@ class InstructTrainer:
         self.engine.train()
         window = {"time": time.perf_counter(), "tokens": 0, "samples": 0}
         global_step = resumed_from
-        while global_step < stop_at:
-            epoch, position = divmod(global_step, steps_per_epoch)
-            plan = first if epoch == 0 else self._epoch(len(dataset), epoch, lengths, multimodal)
-            if position == 0 and len(state["left_out"]) <= epoch:
-                state["left_out"].append(plan.left_out)
-                if plan.left_out:
-                    logger.info(
-                        "epoch %d: %d samples fill no optimizer step and are left out", epoch, plan.left_out
-                    )
-            micro = [batch for step in plan.steps[position:] for batch in step]
-            # the loader's workers are seeded from their own generator, so the global random state (LoRA
-            # dropout) follows the steps alone and a resumed run draws what the uninterrupted one drew
-            loader = DataLoader(
-                dataset,
-                batch_sampler=micro,
-                collate_fn=collate_fn,
-                num_workers=self.num_workers,
-                generator=torch.Generator().manual_seed(self.seed * 100003 + epoch),
-            )
-            iterator = iter(loader)
-            for step in range(position, steps_per_epoch):
-                if global_step >= stop_at:
-                    break
-                loss_sum = torch.zeros((), device=accelerator.device)
-                tokens = 0
-                for _ in range(self.accumulation):
-                    batch = _to_device(dict(next(iterator)), accelerator.device)
-                    tokens += int(batch["attention_mask"].sum())
-                    with accelerator.accumulate(self.engine):
-                        output = self.engine(**batch)
-                        accelerator.backward(output.loss)
-                    loss_sum += output.loss.detach().float()
-                learning_rate = float(self.scheduler.get_last_lr()[0])  # the rate this step used
-                self.scheduler.step()
-                global_step += 1
-                loss = accelerator.reduce(loss_sum / self.accumulation, reduction="mean").item()
-                state["losses"].append(loss)
-                state["learning_rates"].append(learning_rate)
-                window["tokens"] += int(
-                    accelerator.reduce(torch.tensor(tokens, device=accelerator.device)).item()
+        preempted = None
+        guard = PreemptionGuard()
+        with guard, rank_failures(accelerator, self.run_dir, lambda: latest_step_checkpoint(self.run_dir)):
+            while global_step < stop_at and preempted is None:
+                epoch, position = divmod(global_step, steps_per_epoch)
+                plan = first if epoch == 0 else self._epoch(len(dataset), epoch, lengths, multimodal)
+                if position == 0 and len(state["left_out"]) <= epoch:
+                    state["left_out"].append(plan.left_out)
+                    if plan.left_out:
+                        logger.info(
+                            "epoch %d: %d samples fill no optimizer step and are left out",
+                            epoch,
+                            plan.left_out,
+                        )
+                micro = [batch for step in plan.steps[position:] for batch in step]
+                # the loader's workers are seeded from their own generator, so the global random state (LoRA
+                # dropout) follows the steps alone and a resumed run draws what the uninterrupted one drew
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=micro,
+                    collate_fn=collate_fn,
+                    num_workers=self.num_workers,
+                    generator=torch.Generator().manual_seed(self.seed * 100003 + epoch),
+                    worker_init_fn=ignore_in_worker,
                 )
-                window["samples"] += plan.samples[step]
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
-                if global_step % self.log_every_n_steps == 0 or global_step == stop_at:
-                    self._log(global_step, epoch, step, steps_per_epoch, loss, learning_rate, window)
-                state.update(global_step=global_step)
-                if global_step % self.save_every_n_steps == 0 or global_step == stop_at:
-                    self._save(state)
+                iterator = iter(loader)
+                for step in range(position, steps_per_epoch):
+                    if global_step >= stop_at:
+                        break
+                    loss_sum = torch.zeros((), device=accelerator.device)
+                    tokens = 0
+                    for _ in range(self.accumulation):
+                        batch = _to_device(dict(next(iterator)), accelerator.device)
+                        tokens += int(batch["attention_mask"].sum())
+                        with accelerator.accumulate(self.engine):
+                            output = self.engine(**batch)
+                            accelerator.backward(output.loss)
+                        loss_sum += output.loss.detach().float()
+                    learning_rate = float(self.scheduler.get_last_lr()[0])  # the rate this step used
+                    global_step += 1
+                    loss = accelerator.reduce(loss_sum / self.accumulation, reduction="mean").item()
+                    applied = self.engine.was_step_applied()
+                    if applied and math.isfinite(loss):
+                        self.scheduler.step()
+                        self.nonfinite.good_step()
+                        state["losses"].append(loss)
+                    else:
+                        self._nonfinite_step(global_step, loss, applied, plan.steps[step], sample_ids)
+                        state["losses"].append(None)
+                    state["learning_rates"].append(learning_rate)
+                    window["tokens"] += int(
+                        accelerator.reduce(torch.tensor(tokens, device=accelerator.device)).item()
+                    )
+                    window["samples"] += plan.samples[step]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
+                    logged = global_step % self.log_every_n_steps == 0 or global_step == stop_at
+                    if logged and state["losses"][-1] is not None:
+                        self._log(global_step, epoch, step, steps_per_epoch, loss, learning_rate, window)
+                    state.update(global_step=global_step, nonfinite=self.nonfinite.state())
+                    saved = global_step % self.save_every_n_steps == 0 or global_step == stop_at
+                    if saved:
+                        self._save(state)
+                    if global_step < stop_at and guard.requested(accelerator):
+                        preempted = guard.signal_name or "a signal on another rank"
+                        if not saved:
+                            self._save(state)
+                        if accelerator.is_main_process:
+                            write_marker(
+                                self.run_dir, preempted, global_step, latest_step_checkpoint(self.run_dir)
+                            )
+                        break
         bar.close()
         return InstructResult(
             losses=state["losses"],
@@ -463,7 +541,35 @@ class InstructTrainer:
             resumed_from_step=resumed_from,
             finished=global_step >= total_steps,
             left_out_per_epoch=state["left_out"],
+            preempted=preempted,
+            nonfinite_steps=list(self.nonfinite.skipped),
         )
+
+    def _nonfinite_step(
+        self,
+        global_step: int,
+        loss: float,
+        applied: bool,
+        step_batches: list[list[int]],
+        sample_ids: Sequence[str] | None,
+    ) -> None:
+        """A step with a non-finite loss or gradients: stop, or record it as skipped (a collective)."""
+        indices = sorted(i for part in gather_object([[i for b in step_batches for i in b]]) for i in part)
+        ids = [sample_ids[i] if sample_ids is not None else f"item {i}" for i in indices]
+        if applied:
+            # DeepSpeed checks gradients only in fp16, bf16, or float32 with clipping: this update happened
+            raise NonFiniteError(
+                f"step {global_step}: non-finite loss ({loss}) and DeepSpeed applied the update (float32 "
+                "without gradient clipping does not check the gradients); the run stops; the last "
+                f"checkpoint, {latest_step_checkpoint(self.run_dir)}, is kept. Samples of the batch: "
+                f"{', '.join(ids)}"
+            )
+        record = self.nonfinite.bad_step(global_step, loss, ids, latest_step_checkpoint(self.run_dir))
+        logger.warning("step %d skipped: non-finite loss or gradients (%s)", global_step, record)
+        if self.accelerator.is_main_process:
+            line = {"step": global_step, "loss": None, "skipped": "nonfinite", "sample_ids": ids}
+            with (self.run_dir / METRICS_NAME).open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
 
     def _log(
         self,

@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from anomaly_ov.config import config_dir
 from anomaly_ov.data.zsad import BadInputError, ZeroShotError
@@ -97,6 +98,16 @@ def test_evaluation_ranks_anomalies_of_the_training_classes_first(trained, tiny_
     assert f"| train_expert | {100 * heldout['mean']['image_auroc']:.1f} |" in table
     assert "- synthetic_heldout: pixel metrics at each mask's own size" in table  # the protocol is named
     assert heldout["pixel_maps"]["pixel_size"] is None
+    # scores.jsonl: every evaluated image once, and each class's AUROC recomputed from it (sklearn)
+    rows = [json.loads(line) for line in (eval_dir / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == seen["num_images"] + heldout["num_images"]
+    for row in rows:
+        assert row["dataset"] in ("synthetic_seen", "synthetic_heldout") and Path(row["image"]).is_file()
+    for name, result in (("synthetic_seen", seen), ("synthetic_heldout", heldout)):
+        for class_name, values in result["classes"].items():
+            chosen = [r for r in rows if r["dataset"] == name and r["class"] == class_name]
+            auroc = roc_auc_score([r["label"] for r in chosen], [r["score"] for r in chosen])
+            assert auroc == pytest.approx(values["image_auroc"])
     heatmaps = sorted(p.name for p in (eval_dir / "heatmaps").rglob("*.png"))
     assert len(heatmaps) == len(synthetic_data.train_categories) + len(synthetic_data.heldout_categories)
     with Image.open(next((eval_dir / "heatmaps" / "synthetic_heldout").glob("*.png"))) as grid:

@@ -139,7 +139,10 @@ def _prepare(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"synthetic dataset output {root} exists and is not a directory")
     if root.exists() and any(root.iterdir()):
-        if not overwrite:
+        # meta.json is written last (atomically): owned entries without it are an interrupted build, redone
+        entries = {entry.name for entry in root.iterdir()}
+        interrupted = "meta.json" not in entries and entries <= {*OWNED_ENTRIES, ".meta.json.partial"}
+        if not overwrite and not interrupted:
             raise FileExistsError(
                 f"synthetic dataset output {root} is not empty; pass overwrite=True (CLI: --overwrite) to "
                 f"replace the generated entries {', '.join(OWNED_ENTRIES)} there"
@@ -194,7 +197,8 @@ def generate_synthetic(
 
     Raises:
         ValueError: an unknown scale or a negative seed.
-        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False (a folder holding only the
+            generator's entries without ``meta.json``, an interrupted build, is rebuilt).
         NotADirectoryError: ``out_dir`` is an existing file.
 
     """
@@ -290,7 +294,9 @@ def generate_synthetic(
         meta["profile"] = plan.profile
         meta["train_defect_types"] = list(profile.train_defect_types or profile.defect_types)
         meta["heldout_defect_types"] = list(profile.heldout_defect_types)
-    _write_json(meta, dataset.meta_json)
+    # last, through a rename: its presence marks a complete dataset (an interrupted one is rebuilt)
+    _write_json(meta, dataset.meta_json.with_name(".meta.json.partial"))
+    dataset.meta_json.with_name(".meta.json.partial").replace(dataset.meta_json)
     return dataset
 
 

@@ -1,0 +1,113 @@
+"""Preemption: SIGTERM / SIGUSR1 / SIGINT mid-run -> a checkpoint at the next step, exit code 75, a mark
+in the run folder; the rerun resumes and ends with the uninterrupted run's losses and weights.
+
+The signal goes to the command's whole process group, as SLURM (``scancel``, preemption, ``--signal``) and a
+terminal's Ctrl-C deliver it to every process of the job (torchrun and its workers alike).
+"""
+
+import json
+import signal
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fault_runs import reference, stage1_command, stage2_command
+from harness import json_of, lines_of, run_once, stage1_epochs
+
+from anomaly_ov.training.preemption import MARKER, PREEMPTED_EXIT_CODE
+
+
+def _stage1(tiny_zoo, synthetic_data, out, *extra, processes=1):
+    return stage1_command(out, tiny_zoo, synthetic_data, *extra, processes=processes)
+
+
+def _assert_stopped_by(run_dir: Path, invocation, name: str) -> dict:
+    assert invocation.killed_at is not None, "the run ended before the signal was sent"
+    assert invocation.returncode == PREEMPTED_EXIT_CODE, invocation.output
+    mark = json_of(run_dir / MARKER)
+    assert mark["signal"] == name and mark["exit_code"] == PREEMPTED_EXIT_CODE
+    assert Path(mark["checkpoint"]).is_dir()
+    metrics = json_of(run_dir / "train_metrics.json")
+    assert metrics["preempted"] == name
+    return mark
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SIGTERM",
+        pytest.param("SIGUSR1", marks=pytest.mark.slow),
+        pytest.param("SIGINT", marks=pytest.mark.slow),
+    ],
+)
+def test_stage1_signal_mid_run_checkpoints_and_the_rerun_ends_as_uninterrupted(
+    tiny_zoo, synthetic_data, tmp_path, tmp_path_factory, name
+):
+    expected = reference("stage1", partial(_stage1, tiny_zoo, synthetic_data), tmp_path_factory)
+    out = tmp_path / "preempted"
+    command = _stage1(tiny_zoo, synthetic_data, out)
+    # the signal once the first epoch is done: the run stops at the next step, inside epoch 2
+    stopped = run_once(command, stage1_epochs(out / "run"), 1, sig=getattr(signal, name))
+    mark = _assert_stopped_by(out / "run", stopped, name)
+    assert not (out / "run" / "expert.safetensors").exists()  # only a finished run writes the expert
+    print(f"{name}: stopped at step {mark['step']} of 30, checkpoint {Path(mark['checkpoint']).name}")
+
+    resumed = run_once(command)
+    assert resumed.returncode == 0, resumed.output
+    assert not (out / "run" / MARKER).exists()
+    got, want = json_of(out / "run" / "train_metrics.json"), json_of(expected / "run" / "train_metrics.json")
+    assert got["losses"] == want["losses"] and got["preempted"] is None
+    assert (out / "run" / "expert.safetensors").read_bytes() == (
+        expected / "run" / "expert.safetensors"
+    ).read_bytes()
+
+
+def _stage2_reference(tiny_zoo, synthetic_data, tmp_path_factory) -> dict:
+    """The uninterrupted 1-process run (2 processes give its losses to 1e-5: tests/integration)."""
+    command = partial(stage2_command, zoo=tiny_zoo, data=synthetic_data)
+    out = reference("stage2", lambda out, processes: command(out, processes=processes), tmp_path_factory)
+    return json_of(out / "run" / "train_metrics.json")
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.multiprocess)])
+def test_stage2_sigterm_mid_run_resumes_to_the_same_losses_on_the_same_process_count(
+    tiny_zoo, synthetic_data, tmp_path, tmp_path_factory, processes
+):
+    want = _stage2_reference(tiny_zoo, synthetic_data, tmp_path_factory)
+    out = tmp_path / "preempted"
+    extra = ["trainer.accelerator.bf16=false"] if processes > 1 else []
+    command = stage2_command(out, tiny_zoo, synthetic_data, *extra, processes=processes)
+    run_dir = out / "run"
+    stopped = run_once(command, lines_of(run_dir / "metrics.jsonl", name="steps"), 1, sig=signal.SIGTERM)
+    assert stopped.killed_at is not None
+    if processes == 1:
+        _assert_stopped_by(run_dir, stopped, "SIGTERM")
+    else:
+        # torchrun forwards the signal, and the workers exit 75; torchrun reports their exit as a failure
+        assert stopped.returncode != 0 and json_of(run_dir / MARKER)["exit_code"] == PREEMPTED_EXIT_CODE
+    mark = json_of(run_dir / MARKER)
+    assert 1 <= mark["step"] < 4 and _steps(run_dir) == list(range(1, mark["step"] + 1))
+    print(f"{processes} process(es): stopped at step {mark['step']} of 4, rc {stopped.returncode}")
+
+    # on another process count the checkpoint is refused, naming both counts (deliverable 5)
+    other = 2 if processes == 1 else 1
+    other_extra = ["trainer.accelerator.bf16=false"] if other > 1 else []
+    refused = run_once(stage2_command(out, tiny_zoo, synthetic_data, *other_extra, processes=other))
+    assert refused.returncode != 0
+    assert f"was written by {processes} processes; this run has {other}" in refused.output, refused.output[
+        -3000:
+    ]
+    assert json_of(run_dir / MARKER)["step"] == mark["step"]  # the refused run changed nothing
+
+    resumed = run_once(command)
+    assert resumed.returncode == 0, resumed.output
+    got = json_of(run_dir / "train_metrics.json")
+    assert got["resumed_from_step"] == mark["step"] and got["finished"] and got["preempted"] is None
+    np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-6 if processes == 1 else 1e-5)
+    assert _steps(run_dir) == [1, 2, 3, 4] and not (run_dir / MARKER).exists()
