@@ -35,6 +35,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
+from anomaly_ov.atomic_files import staged_folder
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.expert_io import save_expert
 from anomaly_ov.models.processor import AnomalyOVProcessor
@@ -97,7 +98,9 @@ def save_anomaly_ov(
     Args:
         model: The model.
         processor: Its processor.
-        folder: Output folder (created; existing files of the layout are overwritten).
+        folder: Output folder. It is written under a temporary name and renamed into place once complete,
+            replacing an earlier saved model there: a failed write (a full disk) leaves the earlier one as
+            it was. A folder that holds anything else is refused.
         config: The model config it was built from (the ``model`` node: ``llm``, ``expert``, ``lora`` and
             the builder ``_target_``), resolved or not.
         base_weights: Also write the full LLaVA-OneVision weights (needed after full fine-tuning of the LLM);
@@ -108,9 +111,31 @@ def save_anomaly_ov(
 
     Returns:
         The folder.
+
+    Raises:
+        ValueError: If ``folder`` exists and is neither empty nor a saved model (it would be replaced).
+        OSError: Naming ``folder`` if writing fails (the disk is full, ...); the earlier model is kept.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    final = Path(folder)
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"{final} exists and is not a saved Anomaly-OV model (no {MANIFEST_NAME}); saving would replace "
+            "its contents. Choose an empty or new folder."
+        )
+    with staged_folder(final, "the earlier saved model there (if any) is kept") as folder:
+        _write_folder(model, processor, folder, config, base_weights, merge_lora)
+    return final
+
+
+def _write_folder(
+    model: AnomalyOV,
+    processor: AnomalyOVProcessor,
+    folder: Path,
+    config: Mapping[str, Any] | DictConfig,
+    base_weights: bool,
+    merge_lora: bool,
+) -> None:
+    """Writes the files of :func:`save_anomaly_ov` into ``folder`` (its staging folder)."""
     # a node of a composed config resolves its interpolations against its root (paths.*), so resolve in place
     node = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
     resolved = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
@@ -165,7 +190,6 @@ def save_anomaly_ov(
         "expert": model.expert is not None,
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return folder
 
 
 def load_anomaly_ov(

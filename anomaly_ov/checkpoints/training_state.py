@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from anomaly_ov.atomic_files import staged_folder
+
 MODEL_FILE = "expert.safetensors"
 STATE_FILE = "training_state.safetensors"
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")
@@ -112,20 +114,18 @@ def save_epoch_checkpoint(
     """
     name = f"epoch_{epoch:03d}" if step == 0 else f"epoch_{epoch:03d}_step_{step:06d}"
     final = run_dir / "checkpoints" / name
-    temporary = final.with_name(final.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    save_model(temporary / MODEL_FILE)
-    tensors, values = optimizer_tensors(optimizer)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    metadata = {
-        "optimizer": json.dumps(values),
-        "scheduler": json.dumps(scheduler.state_dict()),
-        "counters": json.dumps(dict(counters)),
-    }
-    save_file(tensors, str(temporary / STATE_FILE), metadata=metadata)
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
+    # a full disk: the error names the checkpoint, the half-written folder is removed, the earlier
+    # checkpoints stay and are what a rerun resumes from
+    with staged_folder(final, "the earlier checkpoints are kept") as temporary:
+        save_model(temporary / MODEL_FILE)
+        tensors, values = optimizer_tensors(optimizer)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        metadata = {
+            "optimizer": json.dumps(values),
+            "scheduler": json.dumps(scheduler.state_dict()),
+            "counters": json.dumps(dict(counters)),
+        }
+        save_file(tensors, str(temporary / STATE_FILE), metadata=metadata)
     # a mid-epoch checkpoint is superseded by any later one
     for match, path in _checkpoint_folders(run_dir):
         if match.group(2) is not None and _position(match) < (epoch, step):

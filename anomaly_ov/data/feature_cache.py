@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from anomaly_ov.atomic_files import atomic_write_text, preallocate, write_failure
 from anomaly_ov.data.crops import ImageCrops, raise_or_collect
 from anomaly_ov.data.feature_batch import FeatureBatch, encode_crops
 from anomaly_ov.data.zsad import AnomalySample, BadInputError, SkippedFile
@@ -247,10 +248,9 @@ class FeatureCache:
                     f"{meta_path} describes other features than this cache's key ({self.key})."
                 )
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        temporary = meta_path.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        temporary.replace(meta_path)
+        atomic_write_text(
+            meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n", "no feature is cached yet"
+        )
 
     def load_index(self) -> dict[str, CacheEntry]:
         """Entry key -> location, over all finished shards."""
@@ -404,15 +404,21 @@ class FeatureCache:
             written, skipped = self._fill_shard(
                 temporary, chunk, crops, tower, images_per_batch, chunk_size, num_workers, skip_bad
             )
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(temporary, ignore_errors=True)
+            if isinstance(error, OSError):  # a full disk: name the shard; the finished shards stay valid
+                raise write_failure(error, final_dir, "the finished shards are kept and reused") from error
             raise
         if not written:
             # Every image failed (skip_bad): no shard, so that a later build reads and reports them again
             # instead of finding a finished shard of this chunk and dropping them silently.
             shutil.rmtree(temporary, ignore_errors=True)
             return skipped
-        (temporary / _INDEX).write_text(json.dumps(written), encoding="utf-8")
+        try:
+            (temporary / _INDEX).write_text(json.dumps(written), encoding="utf-8")
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise write_failure(error, final_dir, "the finished shards are kept and reused") from error
         try:
             temporary.rename(final_dir)
         except OSError:  # another process finished the same shard first
@@ -443,6 +449,10 @@ class FeatureCache:
             dtype=STORAGE_DTYPE,
             shape=(shape[0], self.num_levels, *shape[1:]),
         )
+        # the maps are sparse files: on a full disk a write through them is a SIGBUS; reserving the blocks
+        # now makes it an error naming the file
+        for array, name in ((final, "final.npy"), (levels, "levels.npy")):
+            preallocate(temporary / name, array.offset + array.nbytes)
         loader = DataLoader(
             _EntryCrops(chunk, crops),
             batch_size=images_per_batch,

@@ -10,10 +10,11 @@ newline, or not JSON) is dropped when read: its item is simply evaluated again.
 """
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from anomaly_ov.atomic_files import atomic_write_text, write_failure
 
 PART_MARKER = ".part-"
 
@@ -99,9 +100,17 @@ class ResultsWriter:
             self.path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Writes one record as a JSON line and flushes it to the operating system."""
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        """Writes one record as a JSON line and flushes it to the operating system.
+
+        Raises:
+            OSError: Naming the part file if the write fails (a full disk); a line cut short there is
+                dropped when the file is read or reopened, so a rerun evaluates that item again.
+        """
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise write_failure(error, self.path, "the lines written before are kept") from error
 
     def close(self) -> None:
         """Closes the file."""
@@ -138,22 +147,13 @@ def merge_results(path: str | Path, key: str, order: Sequence[str]) -> list[dict
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Writes records as JSON lines through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with temporary.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    atomic_write_text(path, lines, "the part files stay; a rerun merges them again")
 
 
 def write_json(path: str | Path, value: object) -> None:
     """Writes a JSON document through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def shard(items: Sequence[Any], rank: int, world_size: int) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import markdown
 
+from anomaly_ov.atomic_files import write_failure
 from anomaly_ov.eval.benchmark_tables import table4, table4_row
 from anomaly_ov.eval.detection import detection_metrics
 from anomaly_ov.report import figures
@@ -450,7 +451,9 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
             out.rename(previous)
         staging.rename(out)
         shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):  # a full disk: name the report; the earlier one stays
+            raise write_failure(error, out, "the earlier report there (if any) is kept") from error
         raise
     return out / "index.md"

@@ -24,7 +24,6 @@ next step with a mid-epoch checkpoint; a non-finite loss or gradient stops it or
 
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
+from anomaly_ov.atomic_files import atomic_copy
 from anomaly_ov.checkpoints.training_state import (
     MODEL_FILE,
     latest_checkpoint,
@@ -372,7 +372,8 @@ class ExpertTrainer:
         expert_path = self.run_dir / MODEL_FILE
         if accelerator.is_main_process and preempted is None:
             final = latest_checkpoint(self.run_dir)
-            shutil.copyfile(final.model, expert_path)
+            # through a temporary file: a full disk never leaves a half expert.safetensors in run_dir
+            atomic_copy(final.model, expert_path, "the run's checkpoints are kept (rerun to export it)")
         accelerator.wait_for_everyone()
         return TrainingResult(
             losses, epoch_losses, expert_path, start_epoch, num_steps, preempted, list(self.nonfinite.skipped)

@@ -50,6 +50,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
+from anomaly_ov.atomic_files import atomic_write_text, write_failure
 from anomaly_ov.data.sampling import LengthGroupedSampler
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.training.deepspeed import (
@@ -362,10 +363,19 @@ class InstructTrainer:
             shutil.rmtree(final)
         accelerator.wait_for_everyone()
         # frozen weights (the tower, the expert, a LoRA base) are rebuilt from the config, not saved
-        accelerator.save_state(str(final), exclude_frozen_parameters=True)
+        try:
+            accelerator.save_state(str(final), exclude_frozen_parameters=True)
+        except (OSError, RuntimeError) as error:
+            # a full disk: name the folder; without its state.json no resume reads it (the earlier
+            # checkpoints are what a rerun continues from)
+            if accelerator.is_main_process:
+                shutil.rmtree(final, ignore_errors=True)
+            raise write_failure(error, final, "the earlier checkpoints are kept") from error
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (final / STATE_NAME).write_text(json.dumps(state) + "\n")  # last: marks the folder complete
+            # last, and atomically: a complete state.json marks the folder complete
+            kept = "the earlier checkpoints are kept"
+            atomic_write_text(final / STATE_NAME, json.dumps(state) + "\n", kept)
             if self.keep_last_checkpoints is not None:
                 complete = sorted(
                     p
