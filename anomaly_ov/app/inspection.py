@@ -32,6 +32,8 @@ OVERLAY_NAME = "overlay.png"
 RESULT_NAME = "result.json"
 # the overlays of several views are shown side by side at this height at most (pixels)
 VIEW_HEIGHT = 512
+# smaller images are drawn at this height (the map upsampled with them), so the page and the colour bar read
+MIN_OVERLAY_HEIGHT = 384
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,11 @@ class Inspection:
         overlays, self.views = [], []
         for upload, finding in zip(uploads, answer.images, strict=True):
             anomaly_map, source = view_map(finding, chat.pipeline, use_tiles)
-            overlays.append(overlay_heatmap(upload.image, anomaly_map, alpha=alpha, colormap=colormap))
+            image = upload.image
+            if image.height < MIN_OVERLAY_HEIGHT:
+                width = max(1, round(image.width * MIN_OVERLAY_HEIGHT / image.height))
+                image = image.resize((width, MIN_OVERLAY_HEIGHT), Image.Resampling.BICUBIC)
+            overlays.append(overlay_heatmap(image, anomaly_map, alpha=alpha, colormap=colormap))
             self.views.append(ViewResult(upload.name, finding.score, finding.severity, source, upload.note))
         if not self.views:
             raise UploadError("this model has no anomaly expert (model/expert=none): there is no map to show")

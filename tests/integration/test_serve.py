@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from serve_app import MAX_NEW_TOKENS, held_out_defect_image, saved_tiny_model, serve_overrides  # same folder
 
+from anomaly_ov.app.inspection import MIN_OVERLAY_HEIGHT
 from anomaly_ov.data.images import limited_size
 from anomaly_ov.inference import chat, predict
 from anomaly_ov.inference.chat import with_image_placeholders
@@ -131,7 +132,9 @@ def test_answer_and_score_equal_predict(client, server, defect_image, tiny_zoo, 
     overlay_file, json_file = (Path(p) for p in page["downloads"])
     assert json.loads(json_file.read_text()) == result
     with Image.open(overlay_file) as overlay, Image.open(defect_image) as image:
-        assert overlay.height == image.height and overlay.width > image.width
+        # drawn at the image's size (small images at MIN_OVERLAY_HEIGHT), the colour bar on the right
+        height = max(image.height, MIN_OVERLAY_HEIGHT)
+        assert overlay.height == height and overlay.width > round(image.width * height / image.height)
     assert _message_texts(page["messages"]) == [
         compose_config("serve").question,
         expected["answer"],
