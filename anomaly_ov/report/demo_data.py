@@ -27,8 +27,13 @@ from anomaly_ov.data.synthetic.text import DETECTION_PROMPT
 TUNE_NAME = "tune.json"
 DETECT_NAME = "detect.json"
 MIXTURE_NAME = "mixture.yaml"
+TURNS_NAME = "detect_turns.json"
+TURNS_MIXTURE_NAME = "mixture_turns.yaml"
 TRAIN_CLASSES_NAME = "train_classes_test.json"
 ALL_NAME = "detection_all.json"
+HELDOUT_NAME = "heldout_test.json"
+REASONING_NAME = "reasoning.json"
+IMAGES_DIR = "images"
 SPLIT_NAME = "split.json"
 
 
@@ -39,17 +44,32 @@ class DemoSplit:
     Attributes:
         tune_json: Instruction records stage 2 tunes on.
         detect_json: The detection prompt with its "Yes."/"No." answer for images of ``tune_json`` (balanced).
-        mixture_yaml: The mixture naming ``tune_json`` (``sampling_strategy: all``).
+        mixture_yaml: The mixture naming ``tune_json`` and ``detect_json`` (``sampling_strategy: all``).
+        turns_json: One conversation per image of ``tune_json`` that asks the detection prompt first and
+            then the record's own questions, balanced (:func:`_detection_first_records`).
+        turns_mixture_yaml: The mixture naming ``turns_json`` alone (the real zoo's recipe).
         train_classes_json: Kept-back test images of the training classes (detection format).
-        detection_all_json: ``train_classes_json`` followed by the held-out classes' detection records.
+        detection_all_json: The kept-back images followed by the held-out classes' detection records (each
+            group subsampled with ``eval_per_class``) and the ELPV cells (with ``elpv_images``); its image
+            paths are relative to ``image_root``.
+        heldout_json: The held-out classes' detection records (subsampled as in ``detection_all_json``).
+        reasoning_json: The held-out classes' reasoning records (the first ``reasoning_records``, the classes
+            taking turns).
+        image_root: The folder every detection file's paths are relative to: the synthetic dataset, or with
+            ELPV ``<out>/images`` (links to the synthetic image folders and to the chosen ELPV cells).
         split_json: Counts and class lists (read by the report).
     """
 
     tune_json: Path
     detect_json: Path
     mixture_yaml: Path
+    turns_json: Path
+    turns_mixture_yaml: Path
     train_classes_json: Path
     detection_all_json: Path
+    heldout_json: Path
+    reasoning_json: Path
+    image_root: Path
     split_json: Path
 
 
@@ -104,13 +124,132 @@ def _detection_records(tune: list[dict[str, Any]], repeats: int = 6) -> list[dic
     return records
 
 
-def split_instruct(synthetic_root: str | Path, out_dir: str | Path) -> DemoSplit:
+def _round_robin(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` one class at a time (classes in order of first appearance, each in file order)."""
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_class[Path(record["image"]).parts[1]].append(record)
+    queues = list(by_class.values())
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
+
+
+def _detection_first_records(tune: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every anomalous image of ``tune`` and as many normal ones, each as one conversation: the detection
+    prompt answered "Yes." or "No." from its label, then the record's own questions and answers (a record
+    that only asks the detection prompt adds nothing).
+
+    On a real LLM a sample costs its image's ~260 image and anomaly positions whatever its text, so the
+    detection answer and an English description share one sample: the CPU budget of the real demo allows a
+    few dozen samples. Anomalous and normal images alternate and the classes take turns, so any prefix of the
+    file (the mixture's ``first:N``) is balanced and covers every class.
+    """
+    anomalous = _round_robin([r for r in tune if r["anomaly"]])
+    normal = _round_robin([r for r in tune if not r["anomaly"]])
+    records = []
+    for pair in zip(anomalous, normal, strict=False):
+        for record in pair:
+            turns = record["conversations"]
+            if turns and turns[0].get("value", "").replace("<image>", "").strip() == DETECTION_PROMPT:
+                turns = turns[2:]
+            rest = [dict(turn, value=turn["value"].replace("<image>\n", "", 1)) for turn in turns]
+            records.append(
+                {
+                    "id": f"{record.get('id', record['image'])}_detect_first",
+                    "image": record["image"],
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"},
+                        {"from": "gpt", "value": "Yes." if record["anomaly"] else "No."},
+                        *rest,
+                    ],
+                    "anomaly": bool(record["anomaly"]),
+                }
+            )
+    return records
+
+
+def _evenly(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` records evenly spaced over ``records`` (all of them when there are fewer)."""
+    if count >= len(records):
+        return list(records)
+    return [records[(k * len(records)) // count] for k in range(count)]
+
+
+def _per_class(records: list[dict[str, Any]], per_class: int | None) -> list[dict[str, Any]]:
+    """Up to ``per_class`` records of each class, half anomalous (as far as the class has them), evenly
+    spaced over the file, in file order; None keeps every record.
+    """
+    if per_class is None:
+        return list(records)
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_class[Path(record["image"]).parts[1]].append(record)
+    kept: set[int] = set()
+    for group in by_class.values():
+        anomalous = [r for r in group if r["anomaly"]]
+        normal = [r for r in group if not r["anomaly"]]
+        take = min(len(anomalous), per_class // 2)
+        take_normal = min(len(normal), per_class - take)
+        take = min(len(anomalous), per_class - take_normal)
+        kept.update(id(r) for r in _evenly(anomalous, take) + _evenly(normal, take_normal))
+    return [r for r in records if id(r) in kept]
+
+
+def _elpv_records(images: Path, count: int) -> list[dict[str, Any]]:
+    """``count`` ELPV cells of the installed package, half anomalous by the field's rule (probability 1.0),
+    evenly spaced over ``labels.csv``; each linked as ``images/elpv/solar_cell/<file>``.
+
+    Raises:
+        ElpvPackageError: If the package is missing or incomplete (naming the file and the pip line).
+    """
+    from anomaly_ov.data.prepare.elpv import CLASS_NAME, installed_elpv_root, read_elpv
+
+    samples = read_elpv(installed_elpv_root(), "certain")
+    anomalous = [s for s in samples if s.label]
+    normal = [s for s in samples if not s.label]
+    chosen = _evenly(anomalous, count // 2) + _evenly(normal, count - count // 2)
+    folder = images / "elpv" / CLASS_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for cell in sorted(chosen, key=lambda s: s.images[0].name):
+        link = folder / cell.images[0].name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(cell.images[0])
+        records.append({"image": f"elpv/{CLASS_NAME}/{link.name}", "anomaly": bool(cell.label)})
+    return records
+
+
+def _link_synthetic(images: Path, root: Path, records: list[dict[str, Any]]) -> None:
+    """Links each top folder of the synthetic dataset that ``records`` use into ``images``."""
+    images.mkdir(parents=True, exist_ok=True)
+    for top in sorted({Path(r["image"]).parts[0] for r in records}):
+        link = images / top
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(root / top, target_is_directory=True)
+
+
+def split_instruct(
+    synthetic_root: str | Path,
+    out_dir: str | Path,
+    turns_samples: int | None = None,
+    eval_per_class: int | None = None,
+    elpv_images: int | None = None,
+    reasoning_records: int | None = None,
+) -> DemoSplit:
     """Writes the demo's tuning file, mixture and detection files (see the module docstring).
 
     Args:
         synthetic_root: The synthetic dataset (``anomaly-ov make-synthetic``): ``instruct.json`` and
             ``visa_dr/test_data.json``; image paths are relative to it.
         out_dir: Where the files go (created).
+        turns_samples: ``mixture_turns.yaml`` takes the first this many conversations of
+            ``detect_turns.json`` (``first:N``; balanced, every class); None: all of them.
+        eval_per_class: Evaluate at most this many images per class (kept-back and held-out, half anomalous
+            where the class has them); None: every one. The kept-back images stay out of stage 2 either way.
+        elpv_images: Also evaluate this many cells of the installed ELPV package (half anomalous); None: no
+            ELPV.
+        reasoning_records: Reasoning records of the held-out classes to keep; None: all.
 
     Returns:
         The paths written.
@@ -118,6 +257,7 @@ def split_instruct(synthetic_root: str | Path, out_dir: str | Path) -> DemoSplit
     Raises:
         ValueError: A file that is not a JSON list, a record without ``image``/``anomaly`` (named by file and
             index), or a training class with fewer than two test images (nothing to keep back).
+        ElpvPackageError: ``elpv_images`` without a complete ``elpv-dataset`` package.
     """
     root = Path(synthetic_root).resolve()
     out = Path(out_dir).resolve()
@@ -125,6 +265,8 @@ def split_instruct(synthetic_root: str | Path, out_dir: str | Path) -> DemoSplit
     heldout_path = root / "visa_dr" / "test_data.json"
     instruct = _load_list(instruct_path)
     heldout = _load_list(heldout_path)
+    reasoning_path = root / "visa_dr" / "visa_dr.json"
+    reasoning = _round_robin(_load_list(reasoning_path)) if reasoning_path.is_file() else []
 
     test_seen: dict[str, int] = defaultdict(int)
     tune: list[dict[str, Any]] = []
@@ -148,8 +290,13 @@ def split_instruct(synthetic_root: str | Path, out_dir: str | Path) -> DemoSplit
         out / TUNE_NAME,
         out / DETECT_NAME,
         out / MIXTURE_NAME,
+        out / TURNS_NAME,
+        out / TURNS_MIXTURE_NAME,
         out / TRAIN_CLASSES_NAME,
         out / ALL_NAME,
+        out / HELDOUT_NAME,
+        out / REASONING_NAME,
+        root if elpv_images is None else out / IMAGES_DIR,
         out / SPLIT_NAME,
     )
     detect = _detection_records(tune)
@@ -162,18 +309,46 @@ def split_instruct(synthetic_root: str | Path, out_dir: str | Path) -> DemoSplit
         f"  - json_path: {split.detect_json}\n    sampling_strategy: all\n",
         encoding="utf-8",
     )
+    turns = _detection_first_records(tune)
+    split.turns_json.write_text(json.dumps(turns, indent=1) + "\n", encoding="utf-8")
+    split.turns_mixture_yaml.write_text(
+        "# the real demo's stage-2 mixture (anomaly_ov.report.demo_data): one conversation per tuning\n"
+        "# image, the detection prompt first, then the image's own questions; balanced and alternating, so\n"
+        "# first:N is balanced too\n"
+        f"datasets:\n  - json_path: {split.turns_json}\n"
+        f"    sampling_strategy: {'all' if turns_samples is None else f'first:{turns_samples}'}\n",
+        encoding="utf-8",
+    )
     split.train_classes_json.write_text(json.dumps(kept_back, indent=1) + "\n", encoding="utf-8")
-    split.detection_all_json.write_text(json.dumps(kept_back + heldout, indent=1) + "\n", encoding="utf-8")
+    evaluated_back = _per_class(kept_back, eval_per_class)
+    evaluated_heldout = _per_class(heldout, eval_per_class)
+    elpv = []
+    if elpv_images is not None:
+        _link_synthetic(split.image_root, root, evaluated_back + evaluated_heldout)
+        elpv = _elpv_records(split.image_root, elpv_images)
+    everything = evaluated_back + evaluated_heldout + elpv
+    split.detection_all_json.write_text(json.dumps(everything, indent=1) + "\n", encoding="utf-8")
+    split.heldout_json.write_text(json.dumps(evaluated_heldout, indent=1) + "\n", encoding="utf-8")
+    kept_reasoning = reasoning if reasoning_records is None else reasoning[:reasoning_records]
+    split.reasoning_json.write_text(json.dumps(kept_reasoning, indent=1) + "\n", encoding="utf-8")
     summary = {
         "synthetic_root": str(root),
         "tune_records": len(tune),
         "tune_anomalous": sum(bool(r["anomaly"]) for r in tune),
         "detect_records": len(detect),
         "detect_anomalous": sum(bool(r["anomaly"]) for r in detect),
+        "detect_turns_records": len(turns),
         "train_classes": sorted(test_seen),
         "train_classes_test_images": len(kept_back),
         "heldout_classes": sorted({Path(r["image"]).parts[1] for r in heldout}),
         "heldout_test_images": len(heldout),
+        "image_root": str(split.image_root),
+        "evaluated_train_classes_images": len(evaluated_back),
+        "evaluated_heldout_images": len(evaluated_heldout),
+        "elpv_classes": sorted({Path(r["image"]).parts[1] for r in elpv}),
+        "elpv_test_images": len(elpv),
+        "elpv_anomalous": sum(r["anomaly"] for r in elpv),
+        "reasoning_records": len(kept_reasoning),
     }
     split.split_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return split
@@ -184,13 +359,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synthetic", required=True, help="the synthetic dataset folder")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--turns-samples",
+        type=int,
+        default=None,
+        help="conversations of detect_turns.json that mixture_turns.yaml takes (default: all)",
+    )
+    parser.add_argument(
+        "--eval-per-class", type=int, default=None, help="images evaluated per class (default: all)"
+    )
+    parser.add_argument(
+        "--elpv", type=int, default=None, help="also evaluate this many ELPV cells (default: none)"
+    )
+    parser.add_argument(
+        "--reasoning-records", type=int, default=None, help="reasoning records kept (default: all)"
+    )
     args = parser.parse_args(argv)
-    split = split_instruct(args.synthetic, args.out)
+    split = split_instruct(
+        args.synthetic,
+        args.out,
+        args.turns_samples,
+        args.eval_per_class,
+        args.elpv,
+        args.reasoning_records,
+    )
     summary = json.loads(split.split_json.read_text(encoding="utf-8"))
     print(
         f"demo split -> {args.out}: tune on {summary['tune_records']} records; "
         f"{summary['train_classes_test_images']} kept-back test images of the training classes, "
-        f"{summary['heldout_test_images']} of the held-out classes"
+        f"{summary['heldout_test_images']} of the held-out classes; evaluated: "
+        f"{summary['evaluated_train_classes_images']} kept-back, {summary['evaluated_heldout_images']} "
+        f"held-out, {summary['elpv_test_images']} ELPV images"
     )
     return 0
 

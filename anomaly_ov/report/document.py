@@ -224,6 +224,8 @@ def _train_vs_heldout(scores: Mapping[str, BenchmarkEval], split: Mapping[str, A
         "training classes (images kept out of stage 2)": set(split["train_classes"]),
         "held-out classes": set(split["heldout_classes"]),
     }
+    if split.get("elpv_classes"):  # real solar cells of the installed ELPV package, a test set only
+        groups["ELPV (real, never used to choose a setting)"] = set(split["elpv_classes"])
     header = ["Model", "group", "images", "Acc", "P", "R", "F1", "AUROC", "first token Yes / No / other"]
     rows = []
     panels: dict[str, dict[str, tuple[list[bool], list[float]]]] = {group: {} for group in groups}
@@ -266,8 +268,9 @@ def _train_vs_heldout(scores: Mapping[str, BenchmarkEval], split: Mapping[str, A
         "The fast path (one forward pass: the best 'Yes' first token against the best 'No' one; the same "
         "decision as greedy decoding whenever greedy's reply starts with either, which the last column "
         "counts) on the training classes' kept-back test images (never in the stage-2 data; the expert of "
-        "stage 1 did see them) and on the held-out classes' test images. Metrics per class, averaged over "
-        "classes; AUROC of the score sigmoid(best Yes logit - best No logit).",
+        "stage 1 did see them), on the held-out classes' test images and, where the demo ran it, on ELPV "
+        "cells (the field's rule: anomalous when the defect probability is 1.0). Metrics per class, averaged "
+        "over classes; AUROC of the score sigmoid(best Yes logit - best No logit).",
         "",
         _markdown_table(header, rows),
         "![ROC curves](roc.png)",
@@ -282,26 +285,55 @@ def _train_vs_heldout(scores: Mapping[str, BenchmarkEval], split: Mapping[str, A
     return "\n".join(lines) + "\n"
 
 
-def _samples_section(bench: BenchmarkEval, name: str, assets: Path, root: Path | None) -> str:
-    lines = [f"## Sample conversations ({name}, VisA-D&R reasoning questions)", ""]
+def _heatmaps_by_image(folder: Path | None) -> dict[str, Path]:
+    """``{resolved image path: heat-map PNG}`` of a predict output folder (empty without one)."""
+    if folder is None or not (folder / "predictions.jsonl").is_file():
+        return {}
+    return {
+        str(Path(str(r["image"])).resolve()): folder / str(r["heatmap"])
+        for r in read_jsonl(folder / "predictions.jsonl")
+        if r.get("image") and r.get("heatmap")
+    }
+
+
+def _samples_section(
+    benches: Mapping[str, BenchmarkEval], assets: Path, root: Path | None, heatmaps: Mapping[str, Path]
+) -> str:
+    """The first reasoning records of the first model, verbatim, with every other model's replies to the
+    same questions beside them, the image and (when ``predict`` ran on it) the expert's heat map.
+    """
+    (name, first), *others = benches.items()
+    lines = [f"## Sample conversations (VisA-D&R reasoning questions; models: {', '.join(benches)})", ""]
     target = assets / "images"
     target.mkdir(parents=True, exist_ok=True)
-    for record in bench.reasoning[:SAMPLE_CONVERSATIONS]:
+    replies = {
+        other: {str(r.get("image")): r.get("responses", []) for r in bench.reasoning}
+        for other, bench in others
+    }
+    for record in first.reasoning[:SAMPLE_CONVERSATIONS]:
         image = Path(str(record.get("image", "")))
         source = (root / image) if root is not None else image
         lines.append(f"### `{image}` ({record.get('class')}, {record.get('defect', 'anomalous')})")
         lines.append("")
-        if source.is_file():
-            copy = f"{len(list(target.iterdir())):02d}_{image.name}"
-            shutil.copyfile(source, target / copy)
-            lines += [f'<img src="images/{copy}" width="192" alt="{html.escape(str(image))}">', ""]
+        pictures = []
+        for picture, alt in ((source, "image"), (heatmaps.get(str(source.resolve())), "expert heat map")):
+            if picture is not None and picture.is_file():
+                copy = f"{len(list(target.iterdir())):02d}_{picture.name}"
+                shutil.copyfile(picture, target / copy)
+                pictures.append(f'<img src="images/{copy}" width="192" alt="{html.escape(alt)}: {image}">')
+        if pictures:
+            lines += [" ".join(pictures), ""]
         questions = record.get("questions") or []
         answers = record.get("answers") or []
         for index, (question, response) in enumerate(
             zip(questions, record.get("responses", []), strict=False)
         ):
             lines.append(f"- **Q{index + 1}:** {question}")
-            lines.append(f"  - model: {response!r}")
+            lines.append(f"  - {name}: {response!r}")
+            for other, by_image in replies.items():
+                theirs = by_image.get(str(image), [])
+                if index < len(theirs):
+                    lines.append(f"  - {other}: {theirs[index]!r}")
             if index < len(answers):
                 lines.append(f"  - reference: {answers[index]}")
         lines.append("")
@@ -410,10 +442,11 @@ def _write(inputs: ReportInputs, assets: Path) -> str:
     if scores:
         parts.append(_train_vs_heldout(scores, read_json(inputs.split), assets))
     if benches:
-        name, first = next(iter(benches.items()))
+        first = next(iter(benches.values()))
         root = lookup(first.settings, "benchmark.root")
         if first.reasoning:
-            parts.append(_samples_section(first, name, assets, Path(root) if root else None))
+            heatmaps = _heatmaps_by_image(Path(inputs.predict) if inputs.predict is not None else None)
+            parts.append(_samples_section(benches, assets, Path(root) if root else None, heatmaps))
     if inputs.chat is not None:
         transcript = Path(inputs.chat).read_text(encoding="utf-8").strip()
         parts += ["## `anomaly-ov chat`", "", "```text", transcript, "```", ""]

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from anomaly_ov.data.synthetic.text import DETECTION_PROMPT
 from anomaly_ov.eval.detection import summarize_detection
 from anomaly_ov.eval.reasoning import summarize_reasoning
 from anomaly_ov.report import ReportInputError, cli_main
@@ -326,3 +327,71 @@ def test_report_imports_neither_recipes_nor_training() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_demo_split_detection_first_conversations(synthetic_data, tmp_path: Path) -> None:
+    split = split_instruct(synthetic_data.root, tmp_path / "split", turns_samples=4)
+    tune = {r["image"]: r for r in json.loads(split.tune_json.read_text())}
+    turns = json.loads(split.turns_json.read_text())
+    # every anomalous tuning image once, as many normal ones, alternating (so any even prefix is balanced)
+    assert [r["anomaly"] for r in turns] == [True, False] * (len(turns) // 2)
+    assert len(turns) == 2 * sum(r["anomaly"] for r in tune.values())
+    for record in turns:
+        first, answer, *rest = record["conversations"]
+        assert first == {"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"}
+        assert answer == {"from": "gpt", "value": "Yes." if record["anomaly"] else "No."}
+        own = tune[record["image"]]["conversations"]
+        if own[0]["value"] == f"<image>\n{DETECTION_PROMPT}":
+            own = own[2:]  # the detection prompt is not asked twice
+        assert rest == [dict(t, value=t["value"].replace("<image>\n", "")) for t in own]
+        assert "<image>" not in json.dumps(rest)
+    # the classes take turns: the first pairs come from different classes
+    classes = [Path(r["image"]).parts[1] for r in turns if r["anomaly"]]
+    head = classes[: len(set(classes))]
+    assert len(set(head)) == len(head)
+    mixture = yaml.safe_load(split.turns_mixture_yaml.read_text())
+    assert mixture["datasets"] == [{"json_path": str(split.turns_json), "sampling_strategy": "first:4"}]
+
+
+def test_demo_split_evaluation_subsets_and_elpv(synthetic_data, tmp_path: Path, monkeypatch) -> None:
+    import anomaly_ov.data.prepare.elpv as elpv
+
+    cells = tmp_path / "elpv"
+    probabilities = [1.0, 0.0, 0.3333333333333333, 1.0, 0.0, 0.6666666666666666, 1.0, 0.0]
+    lines = []
+    for number, probability in enumerate(probabilities):
+        _png(cells / "images" / f"cell{number:04d}.png")
+        lines.append(f"images/cell{number:04d}.png  {probability}  {'mono' if number % 2 else 'poly'}")
+    (cells / "labels.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(elpv, "installed_elpv_root", lambda: cells)
+
+    split = split_instruct(
+        synthetic_data.root, tmp_path / "split", eval_per_class=2, elpv_images=4, reasoning_records=2
+    )
+    records = json.loads(split.detection_all_json.read_text())
+    kept = json.loads(split.train_classes_json.read_text())
+    heldout = json.loads(synthetic_data.test_data_json.read_text())
+    by_group = {"kept": [], "heldout": [], "elpv": []}
+    for record in records:
+        assert (split.image_root / record["image"]).is_file(), record
+        group = "elpv" if record["image"].startswith("elpv/") else ("kept" if record in kept else "heldout")
+        by_group[group].append(record)
+    # per class: one anomalous and one normal image (every class has both)
+    for group, source in (("kept", kept), ("heldout", heldout)):
+        classes = {Path(r["image"]).parts[1] for r in source}
+        assert len(by_group[group]) == 2 * len(classes)
+        for name in classes:
+            chosen = [r["anomaly"] for r in by_group[group] if Path(r["image"]).parts[1] == name]
+            assert sorted(chosen) == [False, True], name
+    assert json.loads(split.heldout_json.read_text()) == by_group["heldout"]
+    # ELPV: two cells of probability 1.0 (anomalous) and two of the others (normal, the field's rule)
+    labels = {Path(line.split()[0]).name: float(line.split()[1]) for line in lines}
+    assert sorted(r["anomaly"] for r in by_group["elpv"]) == [False, False, True, True]
+    for record in by_group["elpv"]:
+        assert record["anomaly"] == (labels[Path(record["image"]).name] == 1.0)
+        assert Path(record["image"]).parts[1] == "solar_cell"
+    summary = json.loads(split.split_json.read_text())
+    assert summary["elpv_classes"] == ["solar_cell"] and summary["elpv_test_images"] == 4
+    assert summary["image_root"] == str(split.image_root)
+    reasoning = json.loads(split.reasoning_json.read_text())
+    assert len(reasoning) == 2 and len({Path(r["image"]).parts[1] for r in reasoning}) == 2
