@@ -203,7 +203,10 @@ def set_collective_timeout(seconds: float | None) -> None:
     """
     if seconds is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    torch.distributed.distributed_c10d.set_timeout(timedelta(seconds=seconds))
+    c10d = torch.distributed.distributed_c10d
+    # every group: DeepSpeed's data-parallel groups were created with the set-up timeout
+    for group in [None, *getattr(getattr(c10d, "_world", None), "pg_map", {})]:
+        c10d.set_timeout(timedelta(seconds=seconds), group)
 
 
 def write_roster(run_dir: Path, rank: int) -> None:

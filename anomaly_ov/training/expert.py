@@ -355,6 +355,7 @@ class ExpertTrainer:
                         self._save(epoch, counters_at(epoch, step + 1), optimizer, scheduler, model, step + 1)
                         if accelerator.is_main_process:
                             write_marker(self.run_dir, preempted, global_step, self._last_checkpoint())
+                        accelerator.wait_for_everyone()  # no rank leaves before the mark is written
                         break
                 bar.close()
                 if preempted is not None:
@@ -366,7 +367,9 @@ class ExpertTrainer:
                 if epoch + 1 < self.epochs and guard.requested(accelerator):
                     preempted = guard.signal_name or "a signal on another rank"
                     if accelerator.is_main_process:
-                        write_marker(self.run_dir, preempted, len(losses), self._last_checkpoint())
+                        done = (epoch + 1) * num_steps
+                        write_marker(self.run_dir, preempted, done, self._last_checkpoint())
+                    accelerator.wait_for_everyone()
                     break
 
         expert_path = self.run_dir / MODEL_FILE

