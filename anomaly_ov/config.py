@@ -2,6 +2,13 @@
 
 ``${abspath:some/dir}`` turns a path into an absolute one, so a resolved config saved next to a run's
 outputs stays valid when the run is evaluated from another working directory.
+
+``${debug_zoo:${debug},<option>}`` (in the defaults lists) names the group option of the zoo a debug mode
+runs on: ``debug=tiny`` -> ``tiny``, ``debug=real`` -> ``real_zoo``, no debug mode -> ``<option>``. One
+``debug=`` switch thereby selects the LLM (``model/llm``), the stage-1 tower and data (``stage1``) and the
+entry point's short settings (``debug_stage1``, ``debug_finetune``) in every entry config, though the
+entry configs do not share those groups (a ``debug/*.yaml`` file can only override groups every entry
+config has: ``model/expert``).
 """
 
 from pathlib import Path
@@ -14,10 +21,29 @@ def abspath(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+# debug mode (the `debug` group's option) -> the option of the zoo's parts in the other groups
+DEBUG_ZOOS: dict[str, str] = {"tiny": "tiny", "real": "real_zoo"}
+
+
+def debug_zoo(debug: str | None, default: str) -> str:
+    """The group option a debug mode selects (``DEBUG_ZOOS``), or ``default`` without a debug mode.
+
+    Raises:
+        ValueError: For a debug mode that has no zoo, naming the known ones.
+    """
+    if debug is None:
+        return default
+    if debug not in DEBUG_ZOOS:
+        raise ValueError(f"debug={debug!r} has no zoo; the debug modes are {sorted(DEBUG_ZOOS)}")
+    return DEBUG_ZOOS[debug]
+
+
 def register_resolvers() -> None:
     """Registers the project's resolvers once (idempotent)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", abspath)
+    if not OmegaConf.has_resolver("debug_zoo"):
+        OmegaConf.register_new_resolver("debug_zoo", debug_zoo)
 
 
 def config_dir() -> Path:

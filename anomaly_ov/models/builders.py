@@ -13,8 +13,9 @@ import torch
 
 from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
 from anomaly_ov.models.expert_io import load_expert_weights, load_official_weights
-from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
+from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load, require_built_folder
 from anomaly_ov.models.vision import HFVisionTower, OpenCLIPVisionTower
+from anomaly_ov.weights_files import refuse_remote_code
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -40,6 +41,7 @@ def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[
     """
     from transformers import AutoModel, LlavaOnevisionConfig
 
+    refuse_remote_code(name_or_path)
     config = LlavaOnevisionConfig.from_pretrained(name_or_path)
     strategy = config.vision_feature_select_strategy
     if strategy not in ("default", "full"):
@@ -60,7 +62,8 @@ def _load_llava_onevision_tower(name_or_path: str, dtype: torch.dtype) -> tuple[
 def _load_hf_vision_model(
     model_class: type, name_or_path: str, dtype: torch.dtype, what: str
 ) -> torch.nn.Module:
-    """``model_class.from_pretrained`` quietly, refusing a partly random model."""
+    """``model_class.from_pretrained`` quietly, refusing a partly random model or remote code."""
+    refuse_remote_code(name_or_path)
     with quiet_transformers():
         model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, dtype=dtype)
     raise_on_incomplete_load(info, name_or_path, what)
@@ -108,6 +111,37 @@ def build_clip_tower(
 
     model = _load_hf_vision_model(CLIPVisionModel, name_or_path, torch_dtype(dtype), "clip vision")
     return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=1)
+
+
+def build_dinov2_tower(
+    name_or_path: str,
+    level_layers: Sequence[int],
+    final_layer: int = -1,
+    image_size: int | None = None,
+    dtype: str = "float32",
+    build_command: str | None = None,
+) -> HFVisionTower:
+    """Build a frozen DINOv2 tower (``Dinov2Model``); its class token is dropped.
+
+    Args:
+        name_or_path: HF hub id or local folder (the real zoo's ``dinov2_s14``).
+        level_layers: Hidden-state indices of the level taps (see :func:`build_siglip_tower`).
+        final_layer: Hidden-state index of the final tokens (-1 = last block, without the final layernorm).
+        image_size: Crop side in pixels (None: the checkpoint's ``image_size``; the real zoo's tower is saved
+            for its 224-px crops, hub DINOv2 checkpoints say 518 and resample their table at run time).
+        dtype: "float32", "bfloat16" or "float16".
+        build_command: The command that builds ``name_or_path`` when it is a zoo folder (named in the error
+            when the folder is missing).
+
+    Returns:
+        The tower, frozen and in eval mode; patch tokens only (``grid = image_size // 14``).
+
+    """
+    from transformers import Dinov2Model
+
+    require_built_folder(name_or_path, build_command)
+    model = _load_hf_vision_model(Dinov2Model, name_or_path, torch_dtype(dtype), "dinov2 vision")
+    return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=1, image_size=image_size)
 
 
 def build_llava_onevision_tower(

@@ -7,6 +7,7 @@ builder here checks the loading info instead and refuses a partly random model, 
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -45,3 +46,18 @@ def raise_on_incomplete_load(info: Mapping[str, object], name_or_path: str, what
             f"{' ...' if len(missing) > 20 else ''}, shape mismatches {mismatched[:20]}); the model would be "
             "partly random."
         )
+
+
+def require_built_folder(name_or_path: str, build_command: str | None) -> None:
+    """Refuses a checkpoint folder that a project command builds (a zoo) before that command has run.
+
+    Args:
+        name_or_path: The checkpoint (a folder for the zoos).
+        build_command: The command that builds it (``anomaly-ov make-real-zoo --out ...``), from the config;
+            None for a hub id or a folder the user provides (nothing is checked).
+
+    Raises:
+        FileNotFoundError: The folder does not exist; the message names the command that builds it.
+    """
+    if build_command is not None and not Path(name_or_path).is_dir():
+        raise FileNotFoundError(f"{name_or_path} does not exist; build it first with: {build_command}")

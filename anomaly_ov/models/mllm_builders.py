@@ -20,9 +20,10 @@ from anomaly_ov.data.tokens import DEFAULT_SYSTEM_PROMPT
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.builders import torch_dtype
 from anomaly_ov.models.expert import AnomalyExpert
-from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load
+from anomaly_ov.models.hf_loading import quiet_transformers, raise_on_incomplete_load, require_built_folder
 from anomaly_ov.models.processor import PROCESSOR_CONFIG_NAME, AnomalyOVProcessor
 from anomaly_ov.models.vision import patch_embedding_sample, same_tower_weights
+from anomaly_ov.weights_files import refuse_remote_code
 
 
 @dataclass
@@ -67,6 +68,7 @@ def load_llava_onevision(
     Raises:
         ValueError: If weights are missing or have other shapes (the model would be partly random).
     """
+    refuse_remote_code(name_or_path)  # a folder whose config names remote code is refused, naming the file
     with quiet_transformers():
         llava, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
             name_or_path,
@@ -98,6 +100,7 @@ def load_processor(
         max_image_side: The release's long-side limit (None: off).
         label_rule: "assistant" or "release" (which tokens are learned).
     """
+    refuse_remote_code(name_or_path)  # a tokenizer / processor config naming a remote class is refused
     if (Path(name_or_path) / PROCESSOR_CONFIG_NAME).is_file():
         return AnomalyOVProcessor.from_pretrained(name_or_path)
     with quiet_transformers():
@@ -123,6 +126,7 @@ def build_llm(
     attn_implementation: str | None = None,
     max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
     label_rule: str = "assistant",
+    build_command: str | None = None,
 ) -> LlavaOnevisionParts:
     """Loads a LLaVA-OneVision checkpoint and its processor (``configs/model/llm/*.yaml``).
 
@@ -137,7 +141,10 @@ def build_llm(
         attn_implementation: Attention kernel or None.
         max_image_side: The release's long-side limit applied to every image (None: off).
         label_rule: "assistant" (default) or "release": which tokens stage 2 learns.
+        build_command: The command that builds ``name_or_path`` when it is a zoo folder (named in the error
+            when the folder is missing; None: not checked).
     """
+    require_built_folder(name_or_path, build_command)
     llava = load_llava_onevision(name_or_path, dtype, device_map, attn_implementation)
     num_hidden = llava.config.vision_config.num_hidden_layers
     for index in level_layers:

@@ -2,8 +2,9 @@
 
 Two backends, one output type (:class:`VisionFeatures`):
 
-* :class:`HFVisionTower` wraps a Hugging Face vision model (``SiglipVisionModel``, ``CLIPVisionModel`` or the
-  vision tower of a ``LlavaOnevisionForConditionalGeneration`` checkpoint) and reads its ``hidden_states``.
+* :class:`HFVisionTower` wraps a Hugging Face vision model (``SiglipVisionModel``, ``CLIPVisionModel``,
+  ``Dinov2Model`` or the vision tower of a ``LlavaOnevisionForConditionalGeneration`` checkpoint) and reads
+  its ``hidden_states``.
 * :class:`OpenCLIPVisionTower` wraps an open_clip ``VisionTransformer`` (e.g. ``ViT-L-14-336``, the encoder of
   CLIP-based zero-shot detectors) and reads its blocks through ``forward_intermediates``.
 
@@ -13,7 +14,7 @@ negative indices count from the end (``-1`` = the last block). The final tokens 
 post-layernorm, which is what LLaVA-OneVision's ``vision_feature_layer=-1`` does. The released Anomaly-OV
 taps hidden states 7, 13, 19 and 25 of the 26-block SigLIP and uses hidden state -1 as the final tokens.
 
-Prefix tokens (CLIP's class token) are dropped so that the patch tokens form a square grid.
+Prefix tokens (the class token of CLIP and DINOv2) are dropped so that the patch tokens form a square grid.
 
 The crops a tower sees come from the one crop function, :func:`anomaly_ov.data.crops.anyres_crops`.
 
@@ -165,7 +166,11 @@ class HFVisionTower(FrozenVisionTower):
             config has ``hidden_size``, ``image_size``, ``patch_size`` and ``num_hidden_layers``.
         level_layers: Hidden-state indices of the level taps (see the module docstring).
         final_layer: Hidden-state index of the final tokens (``-1`` = last block, no post-layernorm).
-        num_prefix_tokens: Tokens before the patch tokens to drop (1 for CLIP's class token, 0 for SigLIP).
+        num_prefix_tokens: Tokens before the patch tokens to drop (1 for the class token of CLIP and
+            DINOv2, 0 for SigLIP).
+        image_size: Side of the crops the tower is given (None: ``config.image_size``). A tower that
+            resamples its position table at run time (DINOv2: ``config.image_size`` is 518 for its 37x37
+            table) takes other crop sizes; the expert's grid follows the crop, ``image_size // patch_size``.
 
     """
 
@@ -175,12 +180,13 @@ class HFVisionTower(FrozenVisionTower):
         level_layers: Sequence[int],
         final_layer: int = -1,
         num_prefix_tokens: int = 0,
+        image_size: int | None = None,
     ) -> None:
         config = model.config
         super().__init__(
             backbone=model,
             hidden_size=config.hidden_size,
-            image_size=config.image_size,
+            image_size=config.image_size if image_size is None else image_size,
             patch_size=config.patch_size,
             num_blocks=config.num_hidden_layers,
             level_layers=level_layers,

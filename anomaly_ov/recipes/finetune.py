@@ -77,8 +77,9 @@ def _prepare_data(cfg: DictConfig, processor: AnomalyOVProcessor, accelerator) -
     result = [None]
     if accelerator.is_main_process:
         mixture = load_mixture(cfg.data.mixture, seed=cfg.seed, skip_bad_records=cfg.data.skip_bad_records)
+        limit = cfg.data.max_records
         plan = plan_lengths(
-            mixture.records,
+            mixture.records if limit is None else mixture.records[:limit],
             cfg.data.image_root,
             SampleLengths(processor),
             sorted(processor.reserved_ids),
@@ -88,6 +89,7 @@ def _prepare_data(cfg: DictConfig, processor: AnomalyOVProcessor, accelerator) -
         report = {
             "mixture": str(cfg.data.mixture),
             "records_per_file": mixture.counts,
+            "max_records": limit,
             "kept": len(plan.records),
             "skipped_bad_records": [dataclasses.asdict(r) for r in mixture.skipped],
             "dropped_image_tokens_cut": [dataclasses.asdict(r) for r in plan.dropped],
