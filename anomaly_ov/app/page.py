@@ -155,6 +155,8 @@ def build_page(
         common = {"concurrency_id": CONCURRENCY_ID}
         inspect_button.click(analyze, [files, state], outputs, api_name="analyze", **common)
         files.upload(analyze, [files, state], outputs, api_visibility="private", **common)
+        # clearing the upload clears its results, so what the page shows always belongs to the upload
+        files.clear(lambda: (*empty, "", None), None, outputs, api_visibility="private")
         if example_set is not None:
             example_set.load_input_event.then(
                 analyze, [files, state], outputs, api_visibility="private", **common
