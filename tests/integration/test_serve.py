@@ -283,3 +283,32 @@ def test_a_missing_default_model_names_the_demo(tmp_path, capsys):
     )
     assert serve.cli_main(["--model", str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_one_bounded_queue_and_one_generation_at_a_time(server):
+    config = compose_config("serve")
+    assert server.page._queue.max_size == config.server.queue_size
+    assert server.page._queue.default_concurrency_limit == config.server.concurrency == 1
+    # both endpoints (and the page's upload and submit events) share the one generation slot
+    model_events = [
+        fn for fn in server.page.fns.values() if fn.fn is not None and fn.concurrency_id == "model"
+    ]
+    assert {fn.api_name for fn in model_events} >= {"analyze", "ask"} and len(model_events) >= 4
+
+
+def test_generation_stops_at_max_time(server, defect_image):
+    from anomaly_ov.app.uploads import read_upload
+    from anomaly_ov.inference.chat import Chat
+
+    pipeline = server.inspector.pipeline
+    upload = read_upload(defect_image, defect_image.name, server.inspector.limits, 1024)
+    saved = dict(pipeline.generation)
+    lengths = {}
+    try:
+        for max_time in (None, 1e-9):
+            pipeline.generation = {**saved, "max_new_tokens": 24, "max_time": max_time}
+            text = Chat(pipeline, [upload.image], [upload.name]).ask("Describe the part.").text
+            lengths[max_time] = len(pipeline.processor.tokenizer(text, add_special_tokens=False).input_ids)
+    finally:
+        pipeline.generation = saved
+    assert lengths[1e-9] <= 2 < lengths[None]  # the clock stops generation after its first token
