@@ -33,12 +33,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from anomaly_ov.atomic_files import staged_folder
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.expert_io import save_expert
 from anomaly_ov.models.processor import AnomalyOVProcessor
+from anomaly_ov.weights_files import read_safetensors
 
 FORMAT = "anomaly-ov"
 VERSION = 1
@@ -244,7 +245,7 @@ def load_anomaly_ov(
 
     llava = bundle.model.llava
     projector_path = folder / PROJECTOR_NAME
-    state = load_file(str(projector_path))
+    state = read_safetensors(projector_path)
     prefix = "multi_modal_projector."
     try:
         newline = state.pop("image_newline")
@@ -262,7 +263,7 @@ def load_anomaly_ov(
         language_model = llava.model.language_model
         if not hasattr(language_model, "peft_config"):
             raise ValueError(f"{folder} holds a LoRA adapter but config.yaml's model.lora is null.")
-        weights = load_file(str(adapter / ADAPTER_WEIGHTS_NAME))
+        weights = read_safetensors(adapter / ADAPTER_WEIGHTS_NAME)
         expected = set(get_peft_model_state_dict(language_model, adapter_name="default"))
         if set(weights) != expected:
             raise ValueError(

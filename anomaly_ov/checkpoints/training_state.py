@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from anomaly_ov.atomic_files import staged_folder
+from anomaly_ov.weights_files import read_safetensors, safetensors_metadata
 
 MODEL_FILE = "expert.safetensors"
 STATE_FILE = "training_state.safetensors"
@@ -150,9 +150,9 @@ def load_training_state(checkpoint: EpochCheckpoint, optimizer: Optimizer, sched
     Returns:
         The loop counters saved with it.
     """
-    with safe_open(str(checkpoint.state), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    # a file that is not a valid safetensors file (a pickle, a lying header) is refused, naming it
+    metadata = safetensors_metadata(checkpoint.state)
+    tensors = read_safetensors(checkpoint.state)
     torch.set_rng_state(tensors.pop("rng.cpu"))
     load_optimizer_tensors(optimizer, tensors, json.loads(metadata["optimizer"]))
     scheduler.load_state_dict(json.loads(metadata["scheduler"]))

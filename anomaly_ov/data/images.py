@@ -12,6 +12,7 @@ everywhere:
 * every failure is a :class:`BadInputError` naming the file.
 """
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The release's limit on the long side (SPEC §5); configs expose it as max_image_side.
 RELEASE_MAX_IMAGE_SIDE = 1024
+# the environment variable that sets the decompression-bomb limit (see max_image_pixels)
+MAX_PIXELS_ENV = "ANOMALY_OV_MAX_IMAGE_PIXELS"
 # EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -109,12 +112,48 @@ def limit_side(image: Image.Image, max_side: int | None) -> Image.Image:
     return image if size == image.size else image.resize(size)
 
 
+def max_image_pixels() -> int | None:
+    """The most pixels an image may have (a decompression bomb has more): PIL's ``Image.MAX_IMAGE_PIXELS``
+    (89.5 million by default), or ``$ANOMALY_OV_MAX_IMAGE_PIXELS`` (a number, or ``none`` for no limit).
+
+    PIL itself only warns between this limit and twice it; here every image above it is refused.
+    """
+    setting = os.environ.get(MAX_PIXELS_ENV)
+    if setting is None:
+        return Image.MAX_IMAGE_PIXELS
+    if setting.strip().lower() == "none":
+        return None
+    try:
+        return int(setting)
+    except ValueError:
+        raise ValueError(f"${MAX_PIXELS_ENV}={setting!r}: expected a number of pixels or 'none'.") from None
+
+
+def _refuse_hostile(path: str | Path, handle: Image.Image) -> None:
+    """Refuses, from the header alone, a decompression bomb and a multi-page TIFF."""
+    width, height = handle.size
+    limit = max_image_pixels()
+    if limit is not None and width * height > limit:
+        raise BadInputError(
+            path,
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} (a decompression "
+            f"bomb?); set ${MAX_PIXELS_ENV} to allow larger images",
+        )
+    # a TIFF of thousands of pages: the models read one picture, so a file of several is refused rather
+    # than silently read as its first page (is_animated looks for a second page only)
+    if handle.format == "TIFF" and getattr(handle, "is_animated", False):
+        raise BadInputError(path, "a TIFF with several pages; save the page to use as a file of its own")
+
+
 @contextmanager
 def _opened(path: str | Path, failure: str) -> Iterator[Image.Image]:
     """Opens an image file; every way it can fail becomes a :class:`BadInputError` naming the file."""
     try:
         with Image.open(path) as handle:
+            _refuse_hostile(path, handle)
             yield handle
+    except BadInputError:
+        raise
     except FileNotFoundError:
         raise BadInputError(path, "image file not found") from None
     except UnidentifiedImageError:

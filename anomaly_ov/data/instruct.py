@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from anomaly_ov.data.conversation import check_turns
 from anomaly_ov.data.images import RELEASE_MAX_IMAGE_SIDE, BadInputError, image_size, read_image
+from anomaly_ov.data.roots import outside_root
 from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 
 
@@ -209,6 +210,7 @@ def plan_lengths(
     model_max_length: int | None = None,
     max_image_side: int | None = RELEASE_MAX_IMAGE_SIDE,
     skip_bad_records: bool = False,
+    allow_outside_root: bool = False,
 ) -> LengthPlan:
     """The pre-pass: every record's exact token length; drops records whose image tokens would be cut.
 
@@ -221,6 +223,8 @@ def plan_lengths(
         max_image_side: The long-side limit applied before the sizes are handed to ``length_fn``.
         skip_bad_records: Drop (and list in ``dropped``) records with a missing or unreadable image instead
             of raising.
+        allow_outside_root: Read image paths that leave ``image_root`` (absolute, ``..``, a symlink out of
+            it); by default such a record is bad.
 
     Returns:
         The kept records, their lengths and modality, the dropped and the truncated ones.
@@ -238,6 +242,12 @@ def plan_lengths(
     truncated: list[tuple[str, int, int]] = []
     for record in records:
         try:
+            for path in record.images:
+                reason = None if allow_outside_root else outside_root(root, path)
+                if reason is not None:
+                    raise BadInputError(
+                        root / path, f"{reason} ({record.name}); set data.allow_outside_root=true to read it"
+                    )
             sizes = [_named(record, image_size, root / path, max_image_side) for path in record.images]
         except BadInputError as error:
             if not skip_bad_records:

@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from anomaly_ov.eval.metrics import image_auroc, image_average_precision
-from anomaly_ov.eval.records import RecordChecker, image_entries
+from anomaly_ov.eval.records import RecordChecker, image_entries, leaves_root
 from anomaly_ov.models.anomaly_ov import AnomalyOV
 from anomaly_ov.models.processor import AnomalyOVProcessor
 
@@ -68,7 +68,7 @@ def class_of(image: str) -> str:
 
 
 def read_detection_records(
-    path: str | Path, root: str | Path, skip_bad_records: bool = False
+    path: str | Path, root: str | Path, skip_bad_records: bool = False, allow_outside_root: bool = False
 ) -> tuple[list[DetectionRecord], RecordChecker]:
     """Reads ``test_data.json`` (``[{"image": str, "anomaly": bool}, ...]``) and checks every record.
 
@@ -76,6 +76,8 @@ def read_detection_records(
         path: The detection file.
         root: The benchmark root the image paths are relative to.
         skip_bad_records: Skip bad records (listed in the returned checker) instead of raising.
+        allow_outside_root: Read image paths that leave ``root`` (absolute, ``..``, symlinks out); refused
+            by default.
 
     Returns:
         The usable records and the checker holding the skipped ones.
@@ -87,6 +89,8 @@ def read_detection_records(
     records = []
     seen: set[str] = set()
     for name, image, entry in image_entries(path, checker):
+        if leaves_root(checker, name, root, image, allow_outside_root):
+            continue
         if not isinstance(entry.get("anomaly"), bool):
             checker.bad(name, f"'anomaly' must be true or false, got {entry.get('anomaly')!r}")
             continue

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly_ov.eval.mmad_summary import ANOMALY_DETECTION, ScoredAnswer, mmad_summary
-from anomaly_ov.eval.records import RecordChecker, load_benchmark_json
+from anomaly_ov.eval.records import RecordChecker, leaves_root, load_benchmark_json
 
 # MMAD's inspector instruction (their scripts' ``instruction``, leading and trailing newline included)
 INSTRUCTION = (
@@ -88,6 +88,7 @@ def read_mmad(
     shots: int = 1,
     template: str = "random",
     skip_bad_records: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[list[MMADQuestion], RecordChecker]:
     """Reads and checks ``mmad.json``.
 
@@ -98,6 +99,7 @@ def read_mmad(
         template: "random" (``random_templates[:shots]``, MMAD's default) or "similar"
             (``similar_templates[:shots]``).
         skip_bad_records: Skip bad records or questions (listed in the returned checker) instead of raising.
+        allow_outside_root: Read image and template paths that leave ``root``; refused by default.
 
     Returns:
         The questions (options in the file's order), and the checker holding the skipped records.
@@ -122,10 +124,14 @@ def read_mmad(
         if len(parts) < 2:
             checker.bad(image, "the image path has no <dataset>/... component")
             continue
+        if leaves_root(checker, image, root, image, allow_outside_root):
+            continue
         if not (root / image).is_file():
             checker.bad(image, f"image file {root / image} not found")
             continue
         templates = tuple(t for t in (entry.get(field) or [])[:shots] if isinstance(t, str))
+        if any(leaves_root(checker, image, root, t, allow_outside_root) for t in templates):
+            continue
         if len(templates) < shots or not all((root / t).is_file() for t in templates):
             checker.bad(image, f"{shots}-shot needs {shots} files in '{field}'; got {list(templates)}")
             continue

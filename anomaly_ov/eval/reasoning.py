@@ -21,7 +21,7 @@ from PIL import Image
 from anomaly_ov.data.tokens import IMAGE_PLACEHOLDER
 from anomaly_ov.eval.detection import class_of
 from anomaly_ov.eval.judge import LLMJudge
-from anomaly_ov.eval.records import RecordChecker, image_entries
+from anomaly_ov.eval.records import RecordChecker, image_entries, leaves_root
 from anomaly_ov.eval.text_similarity import RougeL, SentenceSimilarity
 from anomaly_ov.inference.pipeline import AnomalyOVPipeline
 
@@ -53,6 +53,7 @@ def read_reasoning_records(
     answers_key: str,
     skip_classes: Sequence[str] = PUBLISHED_SKIPPED_CLASSES,
     skip_bad_records: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[list[ReasoningRecord], RecordChecker, int]:
     """Reads and checks ``visa_dr.json``.
 
@@ -62,6 +63,7 @@ def read_reasoning_records(
         answers_key: The field holding the reference answers (a list, one per question).
         skip_classes: Classes left out (the published evaluation skips pcb2 and pcb4).
         skip_bad_records: Skip bad records (listed in the returned checker) instead of raising.
+        allow_outside_root: Read image paths that leave ``root``; refused by default.
 
     Returns:
         The records, the checker with the skipped bad records, and the number of records left out by class.
@@ -74,6 +76,8 @@ def read_reasoning_records(
     by_class = 0
     seen: set[str] = set()
     for name, image, entry in image_entries(path, checker):
+        if leaves_root(checker, name, root, image, allow_outside_root):
+            continue
         try:
             class_name = class_of(image)
         except ValueError as error:

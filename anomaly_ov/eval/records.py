@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from anomaly_ov.data.roots import outside_root
+
 
 class BadRecordError(ValueError):
     """A benchmark record that cannot be evaluated, with the file, the record and the reason.
@@ -69,6 +71,25 @@ class RecordChecker:
         if not self.skip_bad_records:
             raise BadRecordError(self.source, record, reason)
         self.skipped.append(SkippedRecord(self.source, record, reason))
+
+
+def leaves_root(checker: RecordChecker, name: str, root: str | Path, image: str, allow: bool) -> bool:
+    """Reports a record whose image path leaves the benchmark root (absolute, ``..``, a symlink out).
+
+    Args:
+        checker: Raises on, or collects, the record.
+        name: The record's name.
+        root: The benchmark root.
+        image: The image path as the record gives it.
+        allow: ``benchmark.allow_outside_root``: such paths are read.
+
+    Returns:
+        Whether the record was reported (skip it).
+    """
+    reason = None if allow else outside_root(root, image)
+    if reason is not None:
+        checker.bad(name, f"{reason}; set benchmark.allow_outside_root=true to read it")
+    return reason is not None
 
 
 def load_benchmark_json(path: str | Path, expected: type) -> Any:

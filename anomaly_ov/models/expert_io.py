@@ -16,10 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from anomaly_ov.models.expert import AnomalyExpert, ExpertConfig
+from anomaly_ov.weights_files import read_safetensors, read_weights_pickle, safetensors_metadata
 
 CONFIG_METADATA_KEY = "anomaly_ov.expert_config"
 TOWER_METADATA_KEY = "anomaly_ov.tower"
@@ -43,8 +43,7 @@ def save_expert(expert: AnomalyExpert, path: str | Path) -> None:
 
 
 def _metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+    return safetensors_metadata(path)
 
 
 def load_expert(path: str | Path, dtype: torch.dtype | None = None) -> AnomalyExpert:
@@ -81,7 +80,7 @@ def load_expert_weights(expert: AnomalyExpert, path: str | Path) -> None:
         ValueError: Naming the missing and unexpected keys and the shape mismatches.
 
     """
-    state = load_file(str(path))
+    state = read_safetensors(path)
     own = expert.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -149,7 +148,7 @@ def load_official_weights(expert: AnomalyExpert, path: str | Path) -> None:
             naming each.
 
     """
-    official = torch.load(str(path), map_location="cpu", weights_only=True)
+    official = read_weights_pickle(path)  # weights_only: a pickle payload is refused before it runs
     if not isinstance(official, dict):
         raise ValueError(
             f"{path}: expected a state dict (a dict of tensors), found {type(official).__name__}."

@@ -429,6 +429,8 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     state.wait_for_everyone()
 
     skip = bool(cfg.skip_bad_records)
+    # records whose image paths leave the benchmark root are refused unless this says otherwise
+    outside = bool(bench.allow_outside_root)
     checkers: list[RecordChecker] = []
     orders: dict[str, list[str]] = {}
     pipeline = _build_pipeline(cfg, state.device)
@@ -442,20 +444,20 @@ def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     )
     if bench.name == "mmad":
         questions, checker = mmad.read_mmad(
-            root / bench.file, root, int(bench.shots), str(bench.template), skip
+            root / bench.file, root, int(bench.shots), str(bench.template), skip, outside
         )
         checkers.append(checker)
         orders["mmad.jsonl"] = [q.key for q in questions]
         run_mmad(cfg, loop, pipeline, questions, str(root / bench.file))
     else:
         if "detection" in bench.tasks:
-            records, checker = det.read_detection_records(root / bench.detection_file, root, skip)
+            records, checker = det.read_detection_records(root / bench.detection_file, root, skip, outside)
             checkers.append(checker)
             orders["detection.jsonl"] = [r.image for r in records]
             run_detection(cfg, loop, pipeline, records, str(root / bench.detection_file))
         if "reasoning" in bench.tasks:
             records_r, checker, _ = rsn.read_reasoning_records(
-                root / bench.reasoning_file, root, bench.answers_key, list(bench.skip_classes), skip
+                root / bench.reasoning_file, root, bench.answers_key, list(bench.skip_classes), skip, outside
             )
             checkers.append(checker)
             orders["reasoning.jsonl"] = [r.image for r in records_r]

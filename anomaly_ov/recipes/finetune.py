@@ -85,6 +85,7 @@ def _prepare_data(cfg: DictConfig, processor: AnomalyOVProcessor, accelerator) -
             sorted(processor.reserved_ids),
             model_max_length=cfg.data.model_max_length,
             max_image_side=cfg.max_image_side,
+            allow_outside_root=cfg.data.allow_outside_root,
         )
         report = {
             "mixture": str(cfg.data.mixture),
