@@ -361,6 +361,7 @@ def _mount_namespace_works() -> bool:
 @pytest.mark.skipif(
     not _mount_namespace_works(), reason="needs unshare and a mount namespace (user namespaces)"
 )
+@pytest.mark.slow  # ~20 s on 2 busy cores: a fresh interpreter imports torch inside the namespace
 def test_a_full_tmpfs_is_an_error_naming_the_cache_file_not_a_bus_error(tmp_path):
     # a memory-mapped shard is a sparse file: without reserving its blocks, the write through the map on a
     # full disk kills the process with SIGBUS (exit 135), no message, no file named
