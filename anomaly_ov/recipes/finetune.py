@@ -79,7 +79,9 @@ def _prepare_data(cfg: DictConfig, processor: AnomalyOVProcessor, accelerator) -
         mixture = load_mixture(cfg.data.mixture, seed=cfg.seed, skip_bad_records=cfg.data.skip_bad_records)
         limit = cfg.data.max_records
         plan = plan_lengths(
-            mixture.records if limit is None else mixture.records[:limit],
+            mixture.records
+            if limit is None
+            else [mixture.records[i] for i in range(min(limit, len(mixture.records)))],
             cfg.data.image_root,
             SampleLengths(processor),
             sorted(processor.reserved_ids),
