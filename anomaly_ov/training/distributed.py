@@ -263,11 +263,19 @@ def describe_other_ranks(run_dir: Path, rank: int, world_size: int) -> str:
 
 
 def is_collective_failure(error: BaseException) -> bool:
-    """Whether an exception is a failed collective (a dead or hung peer) rather than a bug or bad data."""
-    if isinstance(error, torch.distributed.DistError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(word in text for word in _COLLECTIVE_FAILURE_WORDS)
+    """Whether an exception is, or was caused by, a failed collective (a dead or hung peer).
+
+    The chain of causes is followed: a checkpoint writer may wrap the collective's error in its own.
+    """
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, torch.distributed.DistError):
+            return True
+        text = str(error).lower()
+        if isinstance(error, RuntimeError) and any(word in text for word in _COLLECTIVE_FAILURE_WORDS):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 @contextmanager

@@ -264,3 +264,18 @@ def json_of(path: Path) -> object:
 def without(document: dict, *keys: str) -> dict:
     """A JSON object without run-specific keys (wall times, paths of the run folder)."""
     return {k: v for k, v in document.items() if k not in keys}
+
+
+def same_safetensors(a: Path, b: Path) -> bool:
+    """Two safetensors files hold the same tensors (bit for bit) and the same metadata.
+
+    Not their bytes: safetensors writes the metadata from a hash map, in an order that differs between
+    processes.
+    """
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(a), "pt") as left, safe_open(str(b), "pt") as right:
+        if left.metadata() != right.metadata() or sorted(left.keys()) != sorted(right.keys()):
+            return False
+        return all(torch.equal(left.get_tensor(k), right.get_tensor(k)) for k in left.keys())  # noqa: SIM118
