@@ -144,6 +144,49 @@ def build_dinov2_tower(
     return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=1, image_size=image_size)
 
 
+def build_random_dinov2_tower(
+    name_or_path: str,
+    level_layers: Sequence[int],
+    final_layer: int = -1,
+    image_size: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    build_command: str | None = None,
+) -> HFVisionTower:
+    """Build a frozen DINOv2 tower of the architecture of ``name_or_path`` with randomly initialised weights.
+
+    The control of how much pretraining brings (the same stage 1 on the same architecture without its
+    pretrained weights): only the folder's ``config.json`` is read, never a weight file; the weights are
+    transformers' own initialisation of ``Dinov2Model`` (truncated normal of std ``initializer_range``, layer
+    scale at ``layerscale_value``) drawn under ``torch.manual_seed(seed)``, the global random state restored
+    afterwards. The cache key of the features holds the weights' sha256, so they never mix with the
+    pretrained tower's.
+
+    Args:
+        name_or_path: Folder (or hub id) whose ``config.json`` gives the architecture (the real zoo's
+            ``dinov2_s14``).
+        level_layers: Hidden-state indices of the level taps (see :func:`build_siglip_tower`).
+        final_layer: Hidden-state index of the final tokens.
+        image_size: Crop side in pixels (None: the config's ``image_size``).
+        seed: Seed of the initialisation (the same seed gives the same weights).
+        dtype: "float32", "bfloat16" or "float16".
+        build_command: The command that builds ``name_or_path`` when it is a zoo folder.
+
+    Returns:
+        The tower, frozen and in eval mode; patch tokens only.
+
+    """
+    from transformers import Dinov2Config, Dinov2Model
+
+    require_built_folder(name_or_path, build_command)
+    config = Dinov2Config.from_pretrained(name_or_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Dinov2Model(config)
+    model = model.to(torch_dtype(dtype))
+    return HFVisionTower(model, level_layers, final_layer, num_prefix_tokens=1, image_size=image_size)
+
+
 def build_llava_onevision_tower(
     name_or_path: str, level_layers: Sequence[int], final_layer: int = -1, dtype: str = "float32"
 ) -> HFVisionTower:

@@ -205,3 +205,38 @@ def test_baseline_aurocs_match_sklearn_per_group(tmp_path):
     assert result["poly"]["num_images"] == 12 and result["poly"]["num_anomalous"] == int(labels[12:].sum())
     with pytest.raises(ValueError, match="group 'none'"):
         baseline_aurocs(samples, {"none": lambda s: s.label == 1})
+
+
+# ------------------------------------------------------------------------------------------ the random tower
+
+
+def test_random_dinov2_tower_has_the_architecture_and_seeded_weights_of_no_checkpoint(tmp_path):
+    import torch
+    from transformers import Dinov2Config
+
+    from anomaly_ov.models.builders import build_random_dinov2_tower
+
+    folder = tmp_path / "dinov2"
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+    )
+    config.save_pretrained(folder)  # config.json only: the builder must not need a weight file
+    state = torch.random.get_rng_state()
+    first = build_random_dinov2_tower(str(folder), level_layers=[1, 2, 3])
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is left as it was
+    again = build_random_dinov2_tower(str(folder), level_layers=[1, 2, 3])
+    other = build_random_dinov2_tower(str(folder), level_layers=[1, 2, 3], seed=1)
+    weights = [dict(tower.backbone.named_parameters()) for tower in (first, again, other)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(
+        weights[0]["encoder.layer.0.mlp.fc1.weight"], weights[2]["encoder.layer.0.mlp.fc1.weight"]
+    )
+    assert first.grid == 2 and first.hidden_size == 32 and not first.backbone.training
+    assert not any(p.requires_grad for p in first.backbone.parameters())
+    with pytest.raises(FileNotFoundError, match="make-real-zoo"):
+        build_random_dinov2_tower(str(tmp_path / "absent"), [1], build_command="anomaly-ov make-real-zoo")
