@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fault_runs import stage1_command, stage2_command
-from harness import environment, lines_of, stage1_epochs, start
+from harness import environment, files_under, stage1_epochs, start
 
 TIMEOUT_S = 20  # trainer.fit.collective_timeout_s of these runs
 
@@ -103,7 +103,8 @@ def test_stage2_survivor_of_a_dead_or_hung_rank_ends_within_the_timeout(
         "trainer.fit.save_every_n_steps=1",
         f"trainer.fit.collective_timeout_s={TIMEOUT_S}",
     )
-    progress = lines_of(tmp_path / "run" / "metrics.jsonl", name="steps")
+    # once a checkpoint is complete (its state file is written last), so the survivor has one to name
+    progress = files_under(tmp_path / "run" / "checkpoints", "*state.json", name="checkpoints")
     seconds, code, output = _fault_one_rank(command, progress, sig, 3 * TIMEOUT_S)
     what = "killed" if sig == signal.SIGKILL else "stopped (SIGSTOP)"
     print(f"stage 2: the survivor ended {seconds:.1f} s after rank 1 was {what} (exit code {code})")
