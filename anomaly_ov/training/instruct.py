@@ -123,8 +123,10 @@ def epoch_batches(
     epoch: int,
     lengths: Sequence[int] | None = None,
     multimodal: Sequence[bool] | None = None,
+    shuffle: bool = True,
 ) -> list[list[int]]:
-    """The epoch's per-rank batches in global order: seeded shuffle, or length-grouped when lengths are given.
+    """The epoch's per-rank batches in global order: seeded shuffle, or length-grouped when lengths are given,
+    or the dataset's own order.
 
     Args:
         num_items: Samples in the dataset.
@@ -134,6 +136,8 @@ def epoch_batches(
         epoch: Epoch index.
         lengths: Token length of each sample: group by length (the release's ``group_by_modality_length``).
         multimodal: Whether each sample has images (with ``lengths``).
+        shuffle: Without ``lengths``: a seeded permutation (True) or the dataset's order (False: a file laid
+            out in pairs, e.g. an anomalous and a normal image of one class, keeps each pair in one step).
     """
     if lengths is not None:
         sampler = LengthGroupedSampler(
@@ -145,8 +149,10 @@ def epoch_batches(
         )
         sampler.set_epoch(epoch)
         return sampler.batches()
-    order = np.random.default_rng([seed, epoch]).permutation(num_items).tolist()
-    return [order[i : i + per_device_batch_size] for i in range(0, num_items, per_device_batch_size)]
+    order = (
+        np.random.default_rng([seed, epoch]).permutation(num_items).tolist() if shuffle else range(num_items)
+    )
+    return [list(order[i : i + per_device_batch_size]) for i in range(0, num_items, per_device_batch_size)]
 
 
 @dataclass
@@ -235,6 +241,7 @@ class InstructTrainer:
         warmup_ratio: Warm-up steps as a fraction of all steps (rounded up, as transformers' Trainer).
         gradient_checkpointing: Recompute the LLM's activations in the backward pass.
         group_by_length: Length-grouped batches (needs ``lengths`` in :meth:`fit`).
+        shuffle: Without ``group_by_length``: a seeded order per epoch (True) or the dataset's order (False).
         seed: Seed of the data order.
         num_workers: DataLoader workers (images are decoded there).
         log_every_n_steps: Log interval in optimizer steps.
@@ -261,6 +268,7 @@ class InstructTrainer:
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = True,
         group_by_length: bool = False,
+        shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
         log_every_n_steps: int = 1,
@@ -289,6 +297,7 @@ class InstructTrainer:
         self.warmup_ratio = warmup_ratio
         self.gradient_checkpointing = gradient_checkpointing
         self.group_by_length = group_by_length
+        self.shuffle = shuffle
         self.seed = seed
         self.num_workers = num_workers
         self.log_every_n_steps = log_every_n_steps
@@ -324,6 +333,7 @@ class InstructTrainer:
             epoch,
             lengths if self.group_by_length else None,
             multimodal if self.group_by_length else None,
+            self.shuffle,
         )
         return plan_epoch_steps(
             batches, accelerator.num_processes, self.accumulation, accelerator.process_index
