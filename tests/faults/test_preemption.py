@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from fault_runs import reference, stage1_command, stage2_command
 from harness import PROJECT, json_of, lines_of, run_once, same_safetensors, stage1_epochs
 
+from anomaly_ov.data.feature_cache import collate_features
 from anomaly_ov.training.preemption import MARKER, PREEMPTED_EXIT_CODE
 
 
@@ -152,3 +154,36 @@ def test_slurm_script_requeues_a_run_stopped_at_a_checkpoint(tmp_path, preempted
         assert "requeueing job 4242" in done.stdout
     else:  # a failure is not requeued: the script ends with srun's status
         assert done.returncode == 3 and not log.exists()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_stage1_signal_inside_an_epoch_stops_at_the_next_step_and_resumes_exactly(tmp_path, name):
+    """In one process, deterministically: the signal arrives during step 7 (epoch 2 of 3-step epochs)."""
+    sys.path.insert(0, str(PROJECT / "tests" / "unit"))
+    from test_train_expert import ToyFeatures, _expert, _fit, _trainer
+
+    data = ToyFeatures(24)  # global batch 8: 3 steps an epoch
+    reference = _fit(_trainer(tmp_path / "reference", 3, _expert()), data)
+
+    calls = {"n": 0}
+
+    def featurize(batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the 5th batch, inside epoch 2
+            os.kill(os.getpid(), getattr(signal, name))
+        return batch
+
+    trainer = _trainer(tmp_path / "run", 3, _expert())
+    stopped = trainer.fit(data, collate_features, featurize, data.labels)
+    assert stopped.preempted == name and len(stopped.losses) == 5
+    mark = json_of(tmp_path / "run" / MARKER)
+    assert mark["step"] == 5 and Path(mark["checkpoint"]).name == "epoch_001_step_000002"
+    assert not (tmp_path / "run" / "expert.safetensors").exists()
+
+    resumed = _fit(_trainer(tmp_path / "run", 3, _expert(seed=1)), data)  # weights come from the checkpoint
+    assert resumed.preempted is None and resumed.resumed_from_epoch == 1
+    assert resumed.losses == reference.losses and resumed.epoch_losses == reference.epoch_losses
+    assert same_safetensors(resumed.expert_path, reference.expert_path)
+    assert not (tmp_path / "run" / MARKER).exists()
+    # the mid-epoch checkpoint is superseded by the later epoch checkpoints
+    assert not list((tmp_path / "run" / "checkpoints").glob("*_step_*"))
