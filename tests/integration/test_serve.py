@@ -312,3 +312,12 @@ def test_generation_stops_at_max_time(server, defect_image):
     finally:
         pipeline.generation = saved
     assert lengths[1e-9] <= 2 < lengths[None]  # the clock stops generation after its first token
+
+
+def test_model_dir_null_builds_the_configs_model_as_chat_does(tiny_zoo):
+    from anomaly_ov.app import serve
+
+    config = compose_config("serve", ["model_dir=null", f"paths.zoo_dir={tiny_zoo.root}"])
+    pipeline, name = serve.load_model(config, None)
+    assert name.startswith("built from configs/serve.yaml: LLM ") and "the configured expert" in name
+    assert pipeline.generation["max_time"] == config.generation.max_time

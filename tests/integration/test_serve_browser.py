@@ -115,30 +115,36 @@ def browser(chromium):
 
 
 def _wait(driver, condition, what):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, message=f"waiting for {what}")
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(condition, message=f"waiting for {what}")
 
 
+# The page re-renders as results arrive: every read is one script, so no element reference goes stale.
 def _text(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else ""
+    return driver.execute_script("return document.querySelector(arguments[0])?.innerText ?? '';", selector)
 
 
 def _value(driver, selector):
-    from selenium.webdriver.common.by import By
+    return driver.execute_script("return document.querySelector(arguments[0])?.value ?? '';", selector)
 
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].get_attribute("value") or "" if found else ""
+
+def _texts(driver, selector):
+    script = "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);"
+    return driver.execute_script(script, selector)
 
 
 def _overlay_src(driver):
-    from selenium.webdriver.common.by import By
+    script = "return document.querySelector('#overlay img')?.getAttribute('src') ?? null;"
+    return driver.execute_script(script)
 
-    images = driver.find_elements(By.CSS_SELECTOR, "#overlay img")
-    return images[0].get_attribute("src") if images else None
+
+def _answer(driver):
+    return _value(driver, "#answer textarea") or _value(driver, "#answer input")
 
 
 def _upload(driver, *paths):
@@ -177,14 +183,13 @@ def test_the_page_in_a_real_browser(served, browser, synthetic_data, tmp_path):
     _upload(driver, image)
     _wait(driver, lambda d: _overlay_src(d), "the overlay")
     to_overlay = time.perf_counter() - start
-    _wait(driver, lambda d: _value(d, "#answer textarea") or _value(d, "#answer input"), "the answer")
+    _wait(driver, _answer, "the answer")
     to_answer = time.perf_counter() - start
-    answer = _value(driver, "#answer textarea") or _value(driver, "#answer input")
+    answer = _answer(driver)
     _wait(driver, lambda d: _status(d).startswith("Done"), "the status")
     summary = _text(driver, "#summary")
     assert "anomaly score" in summary and "suspicious" in summary
-    bot = driver.find_elements(By.CSS_SELECTOR, "#chat [data-testid='bot']")
-    assert [b.text for b in bot] == [answer]
+    assert _texts(driver, "#chat [data-testid='bot']") == [answer]
     print(
         f"\nbrowser: {image.name}: overlay after {to_overlay:.2f} s, answer after {to_answer:.2f} s "
         f"(from the upload); {summary!r}; answer {answer!r}"
@@ -194,12 +199,10 @@ def test_the_page_in_a_real_browser(served, browser, synthetic_data, tmp_path):
     box = driver.find_element(By.CSS_SELECTOR, "#question textarea")
     box.send_keys("Where is the anomaly located?")
     driver.find_element(By.CSS_SELECTOR, "#send").click()
-    _wait(
-        driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat [data-testid='bot']")) == 2, "the reply"
-    )
+    _wait(driver, lambda d: len(_texts(d, "#chat [data-testid='bot']")) == 2, "the reply")
     _wait(driver, lambda d: _status(d) == "Answered.", "the status")
-    users = [u.text for u in driver.find_elements(By.CSS_SELECTOR, "#chat [data-testid='user']")]
-    reply = driver.find_elements(By.CSS_SELECTOR, "#chat [data-testid='bot']")[1].text
+    users = _texts(driver, "#chat [data-testid='user']")
+    reply = _texts(driver, "#chat [data-testid='bot']")[1]
     assert users[1] == "Where is the anomaly located?"
     print(f"browser: follow-up reply {reply!r}")
     answered = SHOTS / "serve_answered.png"
@@ -218,10 +221,16 @@ def test_the_page_in_a_real_browser(served, browser, synthetic_data, tmp_path):
     # 4. a valid image works again
     _upload(driver, image)
     _wait(driver, lambda d: _status(d).startswith("Done"), "the second inspection")
-    assert (
-        _overlay_src(driver)
-        and (_value(driver, "#answer textarea") or _value(driver, "#answer input")) == answer
-    )
+    assert _overlay_src(driver) and _answer(driver) == answer
+
+    # 5. an example of the gallery (a held-out class) runs on a click; clearing the upload clears the results
+    driver.find_element(By.CSS_SELECTOR, "#upload button[aria-label='Clear']").click()
+    _wait(driver, lambda d: _overlay_src(d) is None and not _status(d), "the results to be cleared")
+    example = driver.find_elements(By.XPATH, "//button[contains(., '(held out)')]")[-1]
+    caption = example.text
+    example.click()
+    _wait(driver, lambda d: _overlay_src(d) and _status(d).startswith("Done"), f"the example {caption}")
+    assert "anomaly score" in _text(driver, "#summary")
     final = SHOTS / "serve_page.png"
     driver.save_screenshot(str(final))
     for shot in (answered, error_shot, final):
