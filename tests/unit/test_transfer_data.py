@@ -240,3 +240,28 @@ def test_random_dinov2_tower_has_the_architecture_and_seeded_weights_of_no_check
     assert not any(p.requires_grad for p in first.backbone.parameters())
     with pytest.raises(FileNotFoundError, match="make-real-zoo"):
         build_random_dinov2_tower(str(tmp_path / "absent"), [1], build_command="anomaly-ov make-real-zoo")
+
+
+def test_prepare_elpv_installed_writes_the_manifest_or_names_the_pip_line(tmp_path, monkeypatch, capsys):
+    from anomaly_ov.data.manifest import read_manifest
+    from anomaly_ov.data.prepare.command import prepare_main
+
+    _fake_package(tmp_path, LINES, range(1, 4))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    out = tmp_path / "out" / "manifest.jsonl"
+    assert prepare_main("elpv", ["--installed", "--out", str(out)]) == 0
+    assert sorted((s.image.name, s.label) for s in read_manifest(out)) == [
+        ("cell0001.png", 1),
+        ("cell0002.png", 0),
+        ("cell0003.png", 0),
+    ]
+    assert [s.image.name for s in elpv.InstalledElpvSource(every=2).read()] == [
+        "cell0001.png",
+        "cell0003.png",
+    ]
+    (tmp_path / "elpv_dataset" / "data" / "images" / "cell0002.png").unlink()
+    assert prepare_main("elpv", ["--installed", "--out", str(out)]) == 1
+    assert "cell0002.png is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare_main("elpv", ["--installed"])  # no --out: never a manifest inside the package

@@ -2,6 +2,7 @@
 
     python scripts/prepare_aitex.py --root datasets/AITEX [--whole-strips]
     python scripts/prepare_elpv.py --root datasets/elpv-dataset [--label-rule any]
+    python scripts/prepare_elpv.py --installed --out outputs/elpv/manifest.jsonl   # the elpv-dataset package
 
 Counts (images, anomalous, masks, classes) are printed; a bad file stops the preparation with its name, or
 with ``--skip-bad`` is left out and listed in ``<manifest>.skipped.json``.
@@ -28,11 +29,13 @@ class Preparation:
         title: The dataset's name in messages.
         read: ``(root, out_dir, args) -> samples``; ``out_dir`` is the manifest's folder.
         add_options: Adds the dataset's own options to the parser (or None).
+        installed: Finds the dataset installed as a package (``--installed``), or None.
     """
 
     title: str
     read: Callable[[Path, Path, argparse.Namespace], list[AnomalySample]]
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
+    installed: Callable[[], Path] | None = None
 
 
 def _elpv_options(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +58,12 @@ PREPARATIONS: dict[str, Preparation] = {
         ),
         _aitex_options,
     ),
-    "elpv": Preparation("ELPV", lambda root, out, args: elpv.read_elpv(root, args.label_rule), _elpv_options),
+    "elpv": Preparation(
+        "ELPV",
+        lambda root, out, args: elpv.read_elpv(root, args.label_rule),
+        _elpv_options,
+        elpv.installed_elpv_root,
+    ),
     "btad": Preparation("BTAD", lambda root, out, args: layouts.read_btad(root)),
     "mpdd": Preparation("MPDD", lambda root, out, args: layouts.read_mpdd(root)),
     "brainmri": Preparation("BrainMRI", lambda root, out, args: layouts.read_brainmri(root)),
@@ -77,7 +85,12 @@ def prepare_main(dataset: str, argv: Sequence[str] | None = None) -> int:
     """
     preparation = PREPARATIONS[dataset]
     parser = argparse.ArgumentParser(description=f"Writes the anomaly-ov manifest of {preparation.title}.")
-    parser.add_argument("--root", required=True, type=Path, help=f"the extracted {preparation.title} folder")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--root", type=Path, help=f"the extracted {preparation.title} folder")
+    if preparation.installed is not None:
+        where.add_argument(
+            "--installed", action="store_true", help="read the installed dataset package (needs --out)"
+        )
     parser.add_argument(
         "--out", type=Path, default=None, help="manifest path (default: <root>/manifest.jsonl)"
     )
@@ -91,9 +104,13 @@ def prepare_main(dataset: str, argv: Sequence[str] | None = None) -> int:
         preparation.add_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or args.root / "manifest.jsonl"
+    if getattr(args, "installed", False) and args.out is None:
+        parser.error("--installed needs --out (the package folder is not the place for a manifest)")
     skipped: list[SkippedFile] = []
     try:
+        if getattr(args, "installed", False):
+            args.root = preparation.installed()  # a missing or incomplete package: the file and the pip line
+        out = args.out or args.root / "manifest.jsonl"
         samples = preparation.read(args.root, out.parent, args)
         if not samples:
             raise layouts.LayoutError(args.root, f"{preparation.title}'s published layout", "no sample")

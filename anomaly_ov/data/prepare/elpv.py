@@ -157,11 +157,14 @@ class InstalledElpvSource:
     Attributes:
         label_rule: A key of :data:`LABEL_RULES` ("certain", the field's rule, by default).
         cell_types: Keep only cells of these types (None: every cell).
+        every: Keep every ``every``-th kept cell in ``labels.csv`` order (1: all; a fixed subset for the
+            reduced demo and for controls that cannot afford all 2,624 cells).
         contains: Benchmark datasets this source holds (the zero-shot protocol): none but itself.
     """
 
     label_rule: str = "certain"
     cell_types: Sequence[str] | None = None
+    every: int = 1
     contains: Sequence[str] = field(default_factory=tuple)
 
     def read(self) -> list[AnomalySample]:
@@ -169,5 +172,8 @@ class InstalledElpvSource:
 
         Raises:
             ElpvPackageError: If the package is missing or incomplete.
+            ValueError: If ``every`` is below 1.
         """
-        return read_elpv(installed_elpv_root(), self.label_rule, self.cell_types)
+        if self.every < 1:
+            raise ValueError(f"InstalledElpvSource.every must be at least 1, got {self.every}")
+        return read_elpv(installed_elpv_root(), self.label_rule, self.cell_types)[:: self.every]
