@@ -134,7 +134,9 @@ finetune(compose_config("finetune", sys.argv[1:]))
 
 
 def _stage2(tmp_path: Path, tiny_zoo, synthetic_data, nan_at: set[int], *extra: str):
-    """Stage 2 on one process with the loss of the given micro-batches (one per step here) made NaN."""
+    """Stage 2 on one process with the loss of the given forward calls made NaN (4 micro-batches a step:
+    global batch 4, one sample per micro-batch)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(_DRIVER).replace("{NAN_AT}", repr(sorted(nan_at))))
     command = stage2_command(tmp_path, tiny_zoo, synthetic_data, "trainer.fit.save_every_n_steps=1", *extra)
@@ -143,7 +145,7 @@ def _stage2(tmp_path: Path, tiny_zoo, synthetic_data, nan_at: set[int], *extra: 
 
 @pytest.mark.slow
 def test_stage2_stop_and_skip(tiny_zoo, synthetic_data, tmp_path):
-    stop = _stage2(tmp_path / "stop", tiny_zoo, synthetic_data, {2})
+    stop = _stage2(tmp_path / "stop", tiny_zoo, synthetic_data, {6})  # a micro-batch of step 2
     assert stop.returncode != 0
     assert "step 2: non-finite loss (nan); the step was not applied" in stop.output, stop.output[-3000:]
     assert "step_0000001" in stop.output.split("step 2: non-finite")[1]  # the last good checkpoint, named
@@ -153,7 +155,7 @@ def test_stage2_stop_and_skip(tiny_zoo, synthetic_data, tmp_path):
     run = tmp_path / "stop" / "run"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000001"]
 
-    skip = _stage2(tmp_path / "skip", tiny_zoo, synthetic_data, {2}, "trainer.fit.nonfinite=skip")
+    skip = _stage2(tmp_path / "skip", tiny_zoo, synthetic_data, {6}, "trainer.fit.nonfinite=skip")
     assert skip.returncode == 0, skip.output
     run = tmp_path / "skip" / "run"
     metrics = json_of(run / "train_metrics.json")
