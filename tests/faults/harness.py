@@ -187,7 +187,7 @@ def run_once(
     kill_at: int | None = None,
     sig: int = signal.SIGKILL,
     env: dict[str, str] | None = None,
-    timeout: float = 300,
+    timeout: float = 900,
     poll_s: float = 0.005,
 ) -> Invocation:
     """Runs ``command``; with ``kill_at``, sends ``sig`` to its process group once ``progress`` reaches it.
@@ -226,7 +226,7 @@ def kill_and_rerun(
     progress: Progress,
     points: Sequence[int],
     env: dict[str, str] | None = None,
-    timeout: float = 300,
+    timeout: float = 900,
 ) -> FaultRun:
     """Kills ``command`` at each point of ``points`` in turn (one invocation each), then runs it to the end.
 
