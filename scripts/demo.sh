@@ -11,7 +11,9 @@
 # so a failed run leaves no report (the previous one is removed when the run starts).
 # Knobs: ANOMALY_OV_OUTPUTS (default outputs), ANOMALY_OV_VENV, ANOMALY_OV_DEMO_QUICK=1 (a reduced run for
 # the tests: small data, few steps, 1 stage-2 process), ANOMALY_OV_DEMO_PROCS (stage-2 processes, default 2),
-# ANOMALY_OV_SKIP_SETUP=1 (use the environment as it is: the tests, which must not install anything).
+# ANOMALY_OV_SKIP_SETUP=1 (use the environment as it is: the tests, which must not install anything),
+# ANOMALY_OV_DEMO_ZOO=tiny|real (the offline parts: the tiny random zoo, or the real zoo of
+# anomaly-ov make-real-zoo -- stage 2 then tunes LoRA on SmolLM2, configs/finetune_recipe/real_demo.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${ANOMALY_OV_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup_env.sh
@@ -23,6 +25,7 @@ py="${ANOMALY_OV_VENV:-.venv}/bin/python"
 # absolute, so that paths handed to the commands mean the same whatever folder a command resolves them from
 out=$(realpath -m "${ANOMALY_OV_OUTPUTS:-outputs}")
 quick=${ANOMALY_OV_DEMO_QUICK:-0}
+zoo=${ANOMALY_OV_DEMO_ZOO:-tiny}
 paths=("paths.output_root=$out")
 runs="$out/runs"
 expert_run="$runs/demo_expert"
@@ -44,11 +47,76 @@ else
   stage2=("data.mixture=$split/mixture.yaml")
 fi
 
+# stage 2 and its evaluation on each zoo (the held-out Table-4 run, the fast path over every image set)
+if [ "$zoo" = real ]; then
+  # one sample costs ~4.5 s of a core on SmolLM2 (configs/finetune_recipe/real_demo.yaml): a few dozen
+  # detection-first conversations; the evaluations take a few images of every class, and ELPV cells
+  if [ "$quick" = 1 ]; then
+    # two images of a class: one anomalous, one normal (a class's AUROC needs both)
+    split_args=(--turns-samples 4 --eval-per-class 2 --kept-back-per-class 2 --release-per-class 2 --elpv 2
+      --reasoning-records 1)
+    max_new=8
+  else
+    split_args=(--turns-samples 48 --eval-per-class 10 --kept-back-per-class 2 --release-per-class 4 --elpv 32
+      --reasoning-records 3)
+    max_new=48
+  fi
+  recipe=real_demo tuning="LoRA"
+  stage2=("data.mixture=$split/mixture_turns.yaml")  # one epoch of its first N conversations
+  untuned_name="Untuned (real-zoo LLaVA-OV + expert)"
+  untuned=(model/llm=real_zoo model/expert=real_zoo "$expert" model.llm.anyres=false)
+  release_files=("benchmark.detection_file=$split/heldout_test.json"
+    "benchmark.reasoning_file=$split/reasoning.json")
+  # the split's images are links to the synthetic data and the ELPV package: outside the root, allowed
+  scores_root=("benchmark.root=$split/images" "benchmark.allow_outside_root=true")
+  # each evaluation as $procs processes, each with its share of the images (the tiny models load faster
+  # than a second process starts)
+  evaluator=("$py" -m torch.distributed.run --standalone --nproc_per_node "$procs")
+  predict_images="$split/predict_images.txt"
+  # stage 1 on the real tower (H17a): the transfer profile of the synthetic data (12 training classes, grey and
+  # colour, 10 defect kinds; make-synthetic --scale transfer), ELPV from the installed elpv-dataset package.
+  # The recipe was chosen on the held-out synthetic classes and defect types, never on ELPV (README): DINOv2
+  # hidden states 6, 8, 10, 12 as level taps and 10 as the final tokens, expert width 128, lr 1e-3, 10 epochs
+  # of batch 32. The same stage 1 runs on a randomly initialised tower of the same architecture (the gain from
+  # pretraining), evaluated on the held-out classes and every 4th ELPV cell.
+  scale=transfer
+  zoo_step=("$py" -m anomaly_ov.cli make-real-zoo --out "$out/real_zoo")
+  stage1_cfg=(debug=real data=synthetic_transfer 'data.eval=[synthetic_heldout,elpv]'
+    'model.vision.level_layers=[6,8,10,12]' model.vision.final_layer=10 model.expert.expert_dim=128
+    model.expert.attention_dim=128 model.expert.score_hidden_dim=128 optimizer.lr=1.0e-3
+    trainer.fit.epochs=10 trainer.fit.global_batch_size=32)
+  if [ "$quick" = 1 ]; then
+    scale=transfer_small
+    stage1_cfg+=(data.sources.elpv.every=64 data.sources.elpv_quarter.every=256)
+  fi
+  zsad_args=('datasets=[synthetic_heldout,elpv]')
+  random_run="$runs/demo_expert_random"
+  report_real=(--random-tower "$random_run/eval/demo")
+  # one process at a time in stage 1: the tower's forward passes may use both cores
+  stage1_threads=2
+  total=14
+else
+  split_args=()
+  recipe=demo tuning="full fine-tuning"
+  untuned_name="Untuned (tiny LLaVA-OV + expert)"
+  # one crop per image, as the tuned models (configs/finetune_recipe/demo.yaml) and the expert's stage 1
+  untuned=("$expert" model.llm.anyres=false)
+  release_files=()
+  scores_root=()
+  evaluator=("$py")
+  predict_images="$out/synthetic/mvtec/gear/test"
+  zoo_step=("$py" -m anomaly_ov.cli make-tiny-zoo --out "$out/zoo" --seed 0)
+  stage1_cfg=(debug=tiny)
+  zsad_args=()
+  report_real=()
+  stage1_threads=$OMP_NUM_THREADS
+  total=11
+fi
+
 rm -rf "$out/report"  # never leave an earlier report beside this run's outputs as if it were this run's
 mkdir -p "$out"
 : > "$timings"
 step=0
-total=11
 current=""
 # on any failure (set -e ends the script at the failing command): say where, and that there is no report
 trap 'status=$?; [ "$status" = 0 ] || echo "== demo FAILED at step $step/$total ($current); no report written" >&2' EXIT
@@ -65,9 +133,19 @@ run() {
   echo "   ($current: ${took} s)"
 }
 
-stage1_train() {
-  rm -rf "$expert_run"  # the demo's own run, trained afresh (a real run resumes instead: same run_dir)
-  "$py" scripts/train_expert.py debug=tiny "${paths[@]}" run_dir="$expert_run" logger=none "${stage1[@]}"
+stage1_train() {  # stage1_train RUN_DIR EXTRA_OVERRIDES...
+  local run_dir=$1
+  shift
+  rm -rf "$run_dir"  # the demo's own run, trained afresh (a real run resumes instead: same run_dir)
+  OMP_NUM_THREADS=$stage1_threads "$py" scripts/train_expert.py "${stage1_cfg[@]}" "${paths[@]}" \
+    run_dir="$run_dir" logger=none "${stage1[@]}" "$@"
+}
+
+zero_shot() {  # zero_shot RUN_DIR EXTRA_OVERRIDES...: Table-2 metrics, scores.jsonl and heat maps
+  local run_dir=$1
+  shift
+  OMP_NUM_THREADS=$stage1_threads "$py" scripts/eval_zsad.py "${paths[@]}" run_dir="$run_dir" \
+    output_name=demo "$@"
 }
 
 stage2_tune() {  # stage2_tune RUN_DIR EXTRA_OVERRIDES...
@@ -75,35 +153,42 @@ stage2_tune() {  # stage2_tune RUN_DIR EXTRA_OVERRIDES...
   shift
   rm -rf "$run_dir"
   "$py" -m torch.distributed.run --standalone --nproc_per_node "$procs" scripts/finetune.py \
-    finetune_recipe=demo "${paths[@]}" run_dir="$run_dir" "${stage2[@]}" "$@"
+    finetune_recipe="$recipe" "${paths[@]}" run_dir="$run_dir" "${stage2[@]}" "$@"
 }
 
 evaluate() {  # evaluate NAME MODEL_OVERRIDES...: Table-4 run (held-out, release protocol) + fast path
   local name=$1
   shift
   rm -rf "$evals/$name" "$evals/${name}_scores"
-  "$py" scripts/eval_benchmark.py benchmark=synthetic_visa_dr "${paths[@]}" "$@" out_dir="$evals/$name" \
-    generation.max_new_tokens="$max_new" table.row_name="$name" batch_size=20
-  "$py" scripts/eval_benchmark.py benchmark=synthetic_visa_dr "${paths[@]}" "$@" \
+  "${evaluator[@]}" scripts/eval_benchmark.py benchmark=synthetic_visa_dr "${paths[@]}" "$@" \
+    out_dir="$evals/$name" generation.max_new_tokens="$max_new" table.row_name="$name" batch_size=20 \
+    "${release_files[@]}"
+  "${evaluator[@]}" scripts/eval_benchmark.py benchmark=synthetic_visa_dr "${paths[@]}" "$@" \
     out_dir="$evals/${name}_scores" detection.protocol=fast 'benchmark.tasks=[detection]' \
-    benchmark.detection_file="$split/detection_all.json" table.row_name="$name" batch_size=20
+    benchmark.detection_file="$split/detection_all.json" table.row_name="$name" batch_size=20 \
+    "${scores_root[@]}"
 }
 
 evaluate_all() {
   evaluate tuned model_dir="$tuned/model"
   evaluate tuned_no_expert model_dir="$tuned_plain/model"
-  # one crop per image, as the tuned models (configs/finetune_recipe/demo.yaml) and the expert's stage 1
-  evaluate untuned "$expert" model.llm.anyres=false
+  evaluate untuned "${untuned[@]}"
 }
 
 chat_demo() {  # the transcript (image, questions, then the replies) goes into the report
   local image="$out/synthetic/mvtec/gear/test/crack/000.png"
   local first="Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
   local second="Where is the anomaly located?"
+  [ "$zoo" = real ] && image=$(head -n 1 "$split/predict_images.txt") second="Describe the defect you see."
   {
     printf 'image: %s\nyou> %s\nyou> %s\n' "$image" "$first" "$second"
     "$py" -m anomaly_ov.cli chat --model "$tuned/model" --image "$image" --question "$first" \
-      --question "$second" --config-overrides "${paths[@]}" generation.max_new_tokens=16
+      --question "$second" --config-overrides "${paths[@]}" generation.max_new_tokens="$max_new"
+    if [ "$zoo" = real ]; then  # the untuned model beside it: the same questions, the same image
+      printf '\nthe untuned model (%s):\n' "$untuned_name"
+      "$py" -m anomaly_ov.cli chat --image "$image" --question "$first" --question "$second" \
+        --config-overrides "${paths[@]}" "${untuned[@]}" generation.max_new_tokens="$max_new"
+    fi
   } | tee "$out/demo_chat.txt"
 }
 
@@ -112,23 +197,31 @@ report() {
     --split "$split/split.json" --predict "$out/predict" --chat "$out/demo_chat.txt" --timings "$timings" \
     --stage2 "Tuned, with expert=$tuned" --stage2 "Tuned, without expert=$tuned_plain" \
     --benchmark "Tuned, with expert=$evals/tuned" --benchmark "Tuned, without expert=$evals/tuned_no_expert" \
-    --benchmark "Untuned (tiny LLaVA-OV + expert)=$evals/untuned" \
+    --benchmark "$untuned_name=$evals/untuned" \
     --scores "Tuned, with expert=$evals/tuned_scores" \
     --scores "Tuned, without expert=$evals/tuned_no_expert_scores" \
-    --scores "Untuned (tiny LLaVA-OV + expert)=$evals/untuned_scores"
+    --scores "$untuned_name=$evals/untuned_scores" --zoo "$zoo" "${report_real[@]}"
 }
 
 run "synthetic data" "$py" -m anomaly_ov.cli make-synthetic --out "$out/synthetic" --seed 0 --scale "$scale" \
   --overwrite
-run "tiny model zoo" "$py" -m anomaly_ov.cli make-tiny-zoo --out "$out/zoo" --seed 0
-run "stage 1: expert" stage1_train
-run "zero-shot evaluation" "$py" scripts/eval_zsad.py "${paths[@]}" run_dir="$expert_run" output_name=demo
-run "stage-2 data split" "$py" -m anomaly_ov.report.demo_data --synthetic "$out/synthetic" --out "$split"
-run "stage 2: full fine-tuning, with expert ($procs processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
-run "stage 2: full fine-tuning, without expert ($procs processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
+run "$zoo model zoo" "${zoo_step[@]}"
+if [ "$zoo" = real ]; then  # before any training: a missing or incomplete package names the pip line
+  run "ELPV (installed package)" "$py" scripts/prepare_elpv.py --installed --out "$out/elpv/manifest.jsonl"
+fi
+run "stage 1: expert" stage1_train "$expert_run"
+run "zero-shot evaluation" zero_shot "$expert_run" "${zsad_args[@]}"
+if [ "$zoo" = real ]; then
+  run "stage 1 on a random tower (same architecture)" stage1_train "$random_run" model/vision=dinov2_s14_random
+  run "zero-shot evaluation, random tower" zero_shot "$random_run" 'datasets=[synthetic_heldout,elpv_quarter]'
+fi
+run "stage-2 data split" "$py" -m anomaly_ov.report.demo_data --synthetic "$out/synthetic" --out "$split" \
+  "${split_args[@]}"
+run "stage 2: $tuning, with expert ($procs processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
+run "stage 2: $tuning, without expert ($procs processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
 run "VisA-D&R evaluation of 3 models" evaluate_all
 run "predict (tuned model)" "$py" -m anomaly_ov.cli predict --model "$tuned/model" \
-  --images "$out/synthetic/mvtec/gear/test" --out "$out/predict" \
+  --images "$predict_images" --out "$out/predict" \
   --config-overrides "${paths[@]}" generation.max_new_tokens=16
 run "chat (tuned model)" chat_demo
 run "report" report

@@ -54,6 +54,17 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predict", type=Path, help="a predict output folder")
     parser.add_argument("--chat", type=Path, help="a chat transcript (text file)")
     parser.add_argument("--timings", type=Path, help="stage<TAB>seconds lines")
+    parser.add_argument(
+        "--zoo",
+        choices=("tiny", "real"),
+        default="tiny",
+        help="the offline parts the run used (default: tiny)",
+    )
+    parser.add_argument(
+        "--random-tower",
+        type=Path,
+        help="eval_zsad folder of the same stage 1 on a randomly initialised tower",
+    )
     parser.add_argument("--out", required=True, type=Path, help="the report folder (replaced as a whole)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     # imported here: the builder pulls in matplotlib and the evaluation code, which the demo's data split
@@ -71,6 +82,8 @@ def cli_main(argv: list[str] | None = None) -> int:
             predict=args.predict,
             chat=args.chat,
             timings=args.timings,
+            zoo=args.zoo,
+            random_tower=args.random_tower,
         )
         index = build_report(inputs, args.out)
     except ReportInputError as error:

@@ -336,12 +336,12 @@ def test_demo_split_detection_first_conversations(synthetic_data, tmp_path: Path
     # every anomalous tuning image once, as many normal ones, alternating (so any even prefix is balanced)
     assert [r["anomaly"] for r in turns] == [True, False] * (len(turns) // 2)
     assert len(turns) == 2 * sum(r["anomaly"] for r in tune.values())
-    for record in turns:
+    for index, record in enumerate(turns):
         first, answer, *rest = record["conversations"]
         assert first == {"from": "human", "value": f"<image>\n{DETECTION_PROMPT}"}
         assert answer == {"from": "gpt", "value": "Yes." if record["anomaly"] else "No."}
-        own = tune[record["image"]]["conversations"]
-        if own[0]["value"] == f"<image>\n{DETECTION_PROMPT}":
+        own = tune[record["image"]]["conversations"] if index % 4 < 2 else []  # every second pair
+        if own and own[0]["value"] == f"<image>\n{DETECTION_PROMPT}":
             own = own[2:]  # the detection prompt is not asked twice
         assert rest == [dict(t, value=t["value"].replace("<image>\n", "")) for t in own]
         assert "<image>" not in json.dumps(rest)
@@ -366,7 +366,12 @@ def test_demo_split_evaluation_subsets_and_elpv(synthetic_data, tmp_path: Path, 
     monkeypatch.setattr(elpv, "installed_elpv_root", lambda: cells)
 
     split = split_instruct(
-        synthetic_data.root, tmp_path / "split", eval_per_class=2, elpv_images=4, reasoning_records=2
+        synthetic_data.root,
+        tmp_path / "split",
+        eval_per_class=2,
+        release_per_class=1,
+        elpv_images=4,
+        reasoning_records=2,
     )
     records = json.loads(split.detection_all_json.read_text())
     kept = json.loads(split.train_classes_json.read_text())
@@ -383,7 +388,10 @@ def test_demo_split_evaluation_subsets_and_elpv(synthetic_data, tmp_path: Path, 
         for name in classes:
             chosen = [r["anomaly"] for r in by_group[group] if Path(r["image"]).parts[1] == name]
             assert sorted(chosen) == [False, True], name
-    assert json.loads(split.heldout_json.read_text()) == by_group["heldout"]
+    release = json.loads(split.heldout_json.read_text())
+    assert len(release) == len({Path(r["image"]).parts[1] for r in heldout}) and all(
+        r in heldout for r in release
+    )
     # ELPV: two cells of probability 1.0 (anomalous) and two of the others (normal, the field's rule)
     labels = {Path(line.split()[0]).name: float(line.split()[1]) for line in lines}
     assert sorted(r["anomaly"] for r in by_group["elpv"]) == [False, False, True, True]
@@ -395,3 +403,5 @@ def test_demo_split_evaluation_subsets_and_elpv(synthetic_data, tmp_path: Path, 
     assert summary["image_root"] == str(split.image_root)
     reasoning = json.loads(split.reasoning_json.read_text())
     assert len(reasoning) == 2 and len({Path(r["image"]).parts[1] for r in reasoning}) == 2
+    predict = split.predict_txt.read_text().splitlines()
+    assert len(predict) == 2 + 4 and all(Path(line).is_file() for line in predict)
