@@ -54,6 +54,17 @@ def _batch(processor, data):
     return processor([record["conversations"]], [[image]], add_generation_prompt=False, padding_side="right")
 
 
+def _built_as_the_run(run_dir):
+    """The run's model as its recipe builds it: under ``set_seed(cfg.seed)``, so the parts neither trained nor
+    read from a file (the tiny recipe's expert has no checkpoint: drawn at random) are the run's own, not
+    whatever the session's random state happens to give."""
+    from accelerate.utils import set_seed
+
+    config = OmegaConf.load(run_dir / "config.yaml")
+    set_seed(config.seed)
+    return instantiate(config.model, _convert_="all").model
+
+
 def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data, tmp_path_factory):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -63,7 +74,7 @@ def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data, tmp
     trained = get_fp32_state_dict_from_zero_checkpoint(
         str(run_dir / "checkpoints" / "step_0000004"), tag="pytorch_model", exclude_frozen_parameters=True
     )
-    fresh = instantiate(OmegaConf.load(run_dir / "config.yaml").model, _convert_="all").model
+    fresh = _built_as_the_run(run_dir)
     missing, unexpected = fresh.load_state_dict(trained, strict=False)
     assert unexpected == [] and len(trained) == 33  # LoRA (2 layers x 7 linears x A, B) + projector + newline
     assert not any("lora_" in name or "projector" in name for name in missing)
@@ -71,7 +82,7 @@ def test_exported_folder_holds_the_trained_weights(tiny_zoo, synthetic_data, tmp
     with torch.no_grad():
         expected = fresh.eval()(**batch).logits
         actual = loaded.model(**batch).logits
-        untrained = instantiate(OmegaConf.load(run_dir / "config.yaml").model, _convert_="all").model.eval()
+        untrained = _built_as_the_run(run_dir).eval()
         before = untrained(**batch).logits
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     assert (actual - before).abs().max() > 1e-3  # training changed the model
