@@ -273,18 +273,30 @@ def _stain(rng: np.random.Generator, canvas: Canvas, center: np.ndarray, size: i
     return region, (1 - alpha) * canvas.image + alpha * palette[int(rng.integers(len(palette)))]
 
 
-def _missing_piece(
-    rng: np.random.Generator, canvas: Canvas, center: np.ndarray, size: int
-) -> tuple[np.ndarray, ...]:
-    corners = int(rng.integers(5, 8))
+def _polygon(
+    rng: np.random.Generator, center: np.ndarray, size: int, corners: int, radius: tuple[float, float]
+) -> np.ndarray:
+    """A random star-shaped polygon around ``center``: ``corners`` radii drawn in ``radius`` x ``size``."""
     angles = np.sort(rng.uniform(0, 2 * np.pi, size=corners))
-    radii = rng.uniform(0.06, 0.14, size=corners) * size
+    radii = rng.uniform(*radius, size=corners) * size
     rows, cols = draw.polygon(
         center[0] + radii * np.sin(angles), center[1] + radii * np.cos(angles), (size, size)
     )
     region = np.zeros((size, size), dtype=bool)
     region[rows, cols] = True
-    return region, canvas.background
+    return region
+
+
+def _missing_piece(
+    rng: np.random.Generator, canvas: Canvas, center: np.ndarray, size: int
+) -> tuple[np.ndarray, ...]:
+    return _polygon(rng, center, size, int(rng.integers(5, 8)), (0.06, 0.14)), canvas.background
+
+
+PARTICLE_COLOURS = np.asarray(
+    [[20, 20, 20], [245, 245, 240], [40, 70, 170], [170, 40, 30], [50, 140, 60]], np.float32
+)
+"""Colours of contamination particles (dark dust, white flakes, blue, red and green fibres)."""
 
 
 def _contamination(
@@ -297,10 +309,7 @@ def _contamination(
         region[rows, cols] = True
     if rng.random() < 0.4:  # a fibre among the particles
         region |= _stroke(_walk(rng, center, rng.uniform(0.1, 0.2) * size, 0.3, steps=8), 1, size)
-    palette = np.asarray(
-        [[20, 20, 20], [245, 245, 240], [40, 70, 170], [170, 40, 30], [50, 140, 60]], np.float32
-    )
-    colour = palette[int(rng.integers(len(palette)))]
+    colour = PARTICLE_COLOURS[int(rng.integers(len(PARTICLE_COLOURS)))]
     return region, colour + rng.normal(0, 6, canvas.image.shape)
 
 
@@ -360,6 +369,23 @@ def role_code(split: str, defect: str | None) -> int:
     return 2 + DEFECT_TYPES.index(defect)
 
 
+def checked_category(by_name: dict[str, Category], category: str, split: str, defect: str | None) -> Category:
+    """The class ``category`` of ``by_name``, after checking that it has the sample (split, defect).
+
+    Raises:
+        ValueError: an unknown category, split or defect for the category.
+
+    """
+    if category not in by_name:
+        raise ValueError(f"unknown category {category!r}; expected one of {sorted(by_name)}")
+    spec = by_name[category]
+    if split not in ("train", "test") or (defect is not None and split != "test"):
+        raise ValueError(f"split must be 'train' or 'test' (anomalous samples are 'test'), got {split!r}")
+    if defect is not None and defect not in spec.defects:
+        raise ValueError(f"category {category!r} has defects {spec.defects}, not {defect!r}")
+    return spec
+
+
 def render_sample(
     seed: int, category: str, split: str, defect: str | None, index: int, image_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -382,13 +408,7 @@ def render_sample(
         ValueError: an unknown category, split or defect for the category.
 
     """
-    if category not in _CATEGORY_BY_NAME:
-        raise ValueError(f"unknown category {category!r}; expected one of {sorted(_CATEGORY_BY_NAME)}")
-    spec = _CATEGORY_BY_NAME[category]
-    if split not in ("train", "test") or (defect is not None and split != "test"):
-        raise ValueError(f"split must be 'train' or 'test' (anomalous samples are 'test'), got {split!r}")
-    if defect is not None and defect not in spec.defects:
-        raise ValueError(f"category {category!r} has defects {spec.defects}, not {defect!r}")
+    spec = checked_category(_CATEGORY_BY_NAME, category, split, defect)
     rng = np.random.default_rng([seed, 0, CATEGORIES.index(spec), role_code(split, defect), index])
     canvas = spec.render(rng, image_size)
     if defect is None:

@@ -34,9 +34,11 @@ from scipy import ndimage
 from skimage import draw
 
 from anomaly_ov.data.synthetic.render import (
+    PARTICLE_COLOURS,
     Canvas,
     Category,
     _finish,
+    _polygon,
     _render_gear,
     _render_photo,
     _render_pill,
@@ -45,6 +47,10 @@ from anomaly_ov.data.synthetic.render import (
     _source,
     _stroke,
     _walk,
+    checked_category,
+)
+from anomaly_ov.data.synthetic.render import (
+    _defect_center as render_defect_center,
 )
 
 TRANSFER_DEFECT_TYPES: tuple[str, ...] = (
@@ -287,14 +293,7 @@ def _bright_region(
 def _missing_piece(
     rng: np.random.Generator, canvas: Canvas, center: np.ndarray, size: int
 ) -> tuple[np.ndarray, ...]:
-    corners = int(rng.integers(5, 9))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=corners))
-    radii = rng.uniform(0.05, 0.14, size=corners) * size
-    rows, cols = draw.polygon(
-        center[0] + radii * np.sin(angles), center[1] + radii * np.cos(angles), (size, size)
-    )
-    region = np.zeros((size, size), dtype=bool)
-    region[rows, cols] = True
+    region = _polygon(rng, center, size, int(rng.integers(5, 9)), (0.05, 0.14))
     return _soft(region, 0.0), canvas.background
 
 
@@ -308,10 +307,8 @@ def _contamination(
         region[rows, cols] = True
     if rng.random() < 0.5:  # a fibre among the particles
         region |= _stroke(_walk(rng, center, rng.uniform(0.1, 0.25) * size, 0.4, steps=10), 1, size)
-    palette = np.asarray(
-        [[20, 20, 20], [245, 245, 240], [40, 70, 170], [170, 40, 30], [50, 140, 60]], np.float32
-    )
-    target = palette[int(rng.integers(len(palette)))] + rng.normal(0, 6, canvas.image.shape)
+    colour = PARTICLE_COLOURS[int(rng.integers(len(PARTICLE_COLOURS)))]
+    target = colour + rng.normal(0, 6, canvas.image.shape)
     return _soft(region, 0.5), target
 
 
@@ -370,18 +367,11 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 def _defect_center(rng: np.random.Generator, canvas: Canvas, defect: str) -> np.ndarray:
-    fg = canvas.foreground
-    size = fg.shape[0]
-    if fg.all():
+    size = canvas.foreground.shape[0]
+    if canvas.foreground.all():  # a surface: anywhere but the border (not only on the pixel grid)
         margin = size // 10
         return rng.uniform(margin, size - margin, size=2)
-    if defect == "missing_piece":  # an object loses a piece at its outline
-        candidates = fg & ~ndimage.binary_erosion(fg)
-    else:
-        candidates = ndimage.binary_erosion(fg, iterations=max(1, size // 32))
-        candidates = candidates if candidates.any() else fg
-    spots = np.argwhere(candidates)
-    return spots[int(rng.integers(len(spots)))].astype(np.float64)
+    return render_defect_center(rng, canvas, defect)
 
 
 def _inject(
@@ -423,13 +413,7 @@ def render_transfer_sample(
     Raises:
         ValueError: An unknown category, split or defect for the category.
     """
-    if category not in _BY_NAME:
-        raise ValueError(f"unknown category {category!r}; expected one of {sorted(_BY_NAME)}")
-    spec = _BY_NAME[category]
-    if split not in ("train", "test") or (defect is not None and split != "test"):
-        raise ValueError(f"split must be 'train' or 'test' (anomalous samples are 'test'), got {split!r}")
-    if defect is not None and defect not in spec.defects:
-        raise ValueError(f"category {category!r} has defects {spec.defects}, not {defect!r}")
+    spec = checked_category(_BY_NAME, category, split, defect)
     role = {"train": 0, "test": 1}[split] if defect is None else 2 + TRANSFER_DEFECT_TYPES.index(defect)
     # stream 2 (the classic profile uses 0 for images and 1 for texts): the profiles never share draws
     rng = np.random.default_rng([seed, 2, TRANSFER_CATEGORIES.index(spec), role, index])
