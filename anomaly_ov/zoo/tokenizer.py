@@ -180,7 +180,20 @@ def train_tiny_tokenizer(vocab_size: int = 2048) -> Qwen2TokenizerFast:
     vocab = bpe.get_vocab()
     # the serialised model lists merges in rank order as [left, right] pairs; Qwen2Tokenizer takes tuples
     merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
-    # specials get the ids right after the learned vocabulary, in Qwen2's order
+    return chatml_tokenizer(vocab, merges)
+
+
+def chatml_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Qwen2TokenizerFast:
+    """A ``Qwen2TokenizerFast`` of a byte-level BPE with Qwen2's special tokens and ChatML template.
+
+    Args:
+        vocab: The BPE's tokens with the ids 0..len(vocab) - 1 (extended in place with the specials).
+        merges: The BPE's merges in rank order.
+
+    Returns:
+        The tokenizer; the specials get the ids right after the BPE's, in Qwen2's order.
+
+    """
     learned = len(vocab)
     for offset, token in enumerate(SPECIAL_TOKENS):
         vocab[token] = learned + offset
