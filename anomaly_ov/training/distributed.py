@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from anomaly_ov.processes import process_alive
+
 
 @dataclass(frozen=True)
 class EpochPlan:
@@ -217,21 +219,6 @@ def write_roster(run_dir: Path, rank: int) -> None:
     (folder / f"rank_{rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process of this host is running (a zombie, dead but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
 def describe_other_ranks(run_dir: Path, rank: int, world_size: int) -> str:
     """Which other ranks are gone, from the roster: a process on this host is checked, others are not.
 
@@ -252,7 +239,7 @@ def describe_other_ranks(run_dir: Path, rank: int, world_size: int) -> str:
         where = f"pid {record['pid']} on {record['host']}"
         if record["host"] != host:
             unchecked.append(f"rank {other} ({where})")
-        elif not _alive(int(record["pid"])):
+        elif not process_alive(int(record["pid"])):
             dead.append(f"rank {other} ({where})")
     parts = []
     if dead:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from anomaly_ov.processes import process_alive
 from anomaly_ov.zoo.real.sources import OTHER_LICENCES, SOURCES, PackageFile, verified_path
 
 ZOO_FORMAT = "anomaly-ov-real-zoo"
@@ -203,21 +204,11 @@ def require_real_zoo(root: str | Path) -> RealZoo:
     return RealZoo.at(root)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_staging(root: Path) -> None:
     """Remove staging folders of builds that were killed (their process is gone)."""
     for path in root.parent.glob(f".{root.name}{_STAGING_TAG}*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
