@@ -83,17 +83,39 @@ def tiny_llava_ov_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaOnevisio
         image_mean=SIGLIP_MEAN_STD,
         image_std=SIGLIP_MEAN_STD,
     )
+    return chatml_onevision_processor(
+        tokenizer, image_processor, num_image_tokens=PATCH_GRID * PATCH_GRID, select_strategy="full"
+    )
+
+
+def chatml_onevision_processor(
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: LlavaOnevisionImageProcessor,
+    *,
+    num_image_tokens: int,
+    select_strategy: str,
+) -> LlavaOnevisionProcessor:
+    """Return a zoo's ``LlavaOnevisionProcessor``: ``anyres_max_9``, the ChatML template, and a video
+    processor with the image processor's crop size, mean and std.
+
+    Args:
+        tokenizer: The language model's tokenizer.
+        image_processor: The AnyRes image processor (crop size, pinpoints, normalisation).
+        num_image_tokens: The tokens transformers counts per crop for ``select_strategy``.
+        select_strategy: ``vision_feature_select_strategy`` ("default" drops the CLS token, "full" keeps all).
+
+    """
     video_processor = LlavaOnevisionVideoProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=SIGLIP_MEAN_STD,
-        image_std=SIGLIP_MEAN_STD,
+        size={"height": image_processor.size["height"], "width": image_processor.size["width"]},
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
     )
     return LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        num_image_tokens=PATCH_GRID * PATCH_GRID,
-        vision_feature_select_strategy="full",
+        num_image_tokens=num_image_tokens,
+        vision_feature_select_strategy=select_strategy,
         vision_aspect_ratio=VISION_ASPECT_RATIO,
         chat_template=CHATML_TEMPLATE,
     )

@@ -28,11 +28,11 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
-    LlavaOnevisionVideoProcessor,
     PreTrainedTokenizerBase,
 )
 
 from anomaly_ov.data.tokens import IM_END, IMAGE_PLACEHOLDER
+from anomaly_ov.zoo.llava import chatml_onevision_processor
 from anomaly_ov.zoo.real.dinov2 import CROP, IMAGENET_MEAN, IMAGENET_STD, PATCH
 from anomaly_ov.zoo.tokenizer import CHATML_TEMPLATE, VIDEO_TOKEN
 
@@ -69,17 +69,9 @@ def image_processor() -> LlavaOnevisionImageProcessor:
 def llava_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaOnevisionProcessor:
     """The processor of the composed model (counts 256 tokens + newline per crop, CLS dropped)."""
     grid = CROP // PATCH
-    return LlavaOnevisionProcessor(
-        image_processor=image_processor(),
-        tokenizer=tokenizer,
-        video_processor=LlavaOnevisionVideoProcessor(
-            size={"height": CROP, "width": CROP}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
-        ),
-        # with the "default" strategy transformers counts the CLS token in and subtracts it again
-        num_image_tokens=grid * grid + 1,
-        vision_feature_select_strategy="default",
-        vision_aspect_ratio=VISION_ASPECT_RATIO,
-        chat_template=CHATML_TEMPLATE,
+    # with the "default" strategy transformers counts the CLS token in and subtracts it again
+    return chatml_onevision_processor(
+        tokenizer, image_processor(), num_image_tokens=grid * grid + 1, select_strategy="default"
     )
 
 
