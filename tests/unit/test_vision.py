@@ -238,7 +238,18 @@ VISION_BUILDERS = {
     "tiny_llava_ov": "build_llava_onevision_tower",
     "open_clip_vit_l14_336": "build_open_clip_tower",
     "tiny_open_clip": "build_open_clip_tower",
+    "dinov2_s14": "build_dinov2_tower",
+    "dinov2_s14_random": "build_random_dinov2_tower",
 }
+
+
+def _vision_config(folder: Path, name: str) -> dict:
+    """The group option as Hydra composes it: the options its defaults list names, then its own keys."""
+    config = OmegaConf.load(folder / f"{name}.yaml")
+    merged = OmegaConf.create()
+    for base in config.pop("defaults", []):
+        merged = OmegaConf.merge(merged, config if base == "_self_" else _vision_config(folder, base))
+    return OmegaConf.to_container(OmegaConf.merge(merged, config))
 
 
 def test_all_vision_configs_bind_to_their_backend_builder(project_root: Path) -> None:
@@ -246,7 +257,7 @@ def test_all_vision_configs_bind_to_their_backend_builder(project_root: Path) ->
     names = sorted(path.stem for path in folder.glob("*.yaml"))
     assert names == sorted(VISION_BUILDERS)
     for name in names:
-        config = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"))
+        config = _vision_config(folder, name)
         builder = VISION_BUILDERS[name]
         assert config.pop("_target_") == f"anomaly_ov.models.builders.{builder}", name
         parameters = inspect.signature(getattr(builders, builder)).parameters
