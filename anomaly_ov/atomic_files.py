@@ -62,6 +62,22 @@ def _fsync_folder(path: Path) -> None:
         os.close(descriptor)
 
 
+@contextmanager
+def _replacing(path: Path, kept: str) -> Iterator[Path]:
+    """Yields a temporary name beside ``path``; renames it onto ``path`` once the block has written it.
+
+    A failed write removes the temporary file and raises :func:`write_failure` naming ``path``.
+    """
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_failure(error, path, kept) from error
+    _fsync_folder(path.parent)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, kept: str = "the previous version is kept") -> Path:
     """Writes ``data`` to ``path`` through a temporary file, ``fsync`` and a rename.
 
@@ -70,17 +86,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, kept: str = "the previous 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise write_failure(error, path, kept) from error
-    _fsync_folder(path.parent)
+    with _replacing(path, kept) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
@@ -96,15 +105,9 @@ def atomic_copy(
 ) -> Path:
     """Copies ``source`` to ``destination`` through a temporary file, ``fsync`` and a rename."""
     destination = Path(destination)
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    try:
+    with _replacing(destination, kept) as temporary:
         shutil.copyfile(source, temporary)
         _fsync_file(temporary)
-        os.replace(temporary, destination)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise write_failure(error, destination, kept) from error
-    _fsync_folder(destination.parent)
     return destination
 
 
