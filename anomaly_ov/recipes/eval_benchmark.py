@@ -111,6 +111,7 @@ class ItemLoop:
         self.progress = progress and rank == 0
         self.barrier = barrier
         self.prepare = prepare
+        self._prepared: dict[str, Image.Image] = {}  # the last 8 prepared images, newest first
         self._skips = ResultsWriter(out_dir / SKIPPED_PARTS, rank)
 
     def image(
@@ -122,9 +123,13 @@ class ItemLoop:
             BadRecordError: For an unreadable or unusable image, unless skipping is on.
         """
         try:
-            image = read_image(self.root / path, self.max_image_side)
-            if self.prepare is not None:
-                image = self.prepare(image)
+            image = self._prepared.get(path)
+            if image is None:
+                image = read_image(self.root / path, self.max_image_side)
+                if self.prepare is not None:
+                    # MMAD asks several questions of one image (and shows one template many times): fit once
+                    image = self.prepare(image)
+                    self._prepared = {path: image, **dict(list(self._prepared.items())[:7])}
             check(image, str(self.root / path))
             return image
         except (BadInputError, ValueError, TypeError) as error:
