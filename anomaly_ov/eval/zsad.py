@@ -50,6 +50,23 @@ logger = logging.getLogger(__name__)
 
 MAP_SOURCES: tuple[str, ...] = ("whole", "tiles")
 AUPRO_MODES: tuple[str, ...] = ("exact", "compat_200")
+IMAGE_SCORES: tuple[str, ...] = ("expert", "map_max", "expert_map_mean")
+"""What an image's score (the image metrics' input) is: the expert's score s (SPEC §2, the paper's), the
+maximum of its anomaly map (the pixel-max score of AnomalyCLIP-style evaluations), or the mean of the two."""
+
+
+def image_scores_from(expert_scores: np.ndarray, maps: Sequence[torch.Tensor], kind: str) -> np.ndarray:
+    """The image score of each image (see :data:`IMAGE_SCORES`) from the expert's scores and its maps.
+
+    Raises:
+        ValueError: If ``kind`` is not one of :data:`IMAGE_SCORES`.
+    """
+    if kind not in IMAGE_SCORES:
+        raise ValueError(f"image score {kind!r} is not one of {list(IMAGE_SCORES)}")
+    if kind == "expert":
+        return expert_scores
+    map_max = np.asarray([float(m.max()) for m in maps], dtype=np.float32).reshape(len(maps))
+    return map_max if kind == "map_max" else (expert_scores + map_max) / 2
 
 
 @dataclass(frozen=True)
@@ -324,6 +341,7 @@ def evaluate_dataset(
     num_workers: int = 0,
     max_fpr: float = 0.3,
     pixel_maps: PixelMapSettings | None = None,
+    image_score: str = "expert",
 ) -> DatasetResult:
     """Evaluates the expert on one dataset, class by class.
 
@@ -341,11 +359,14 @@ def evaluate_dataset(
         max_fpr: AUPRO integration limit.
         pixel_maps: How the pixel maps are made (default: whole-image crop, no smoothing, exact AUPRO, each
             mask's own size).
+        image_score: What the image metrics rank (:data:`IMAGE_SCORES`); ``scores.jsonl`` keeps the expert's
+            score and the map maximum of every image beside it.
 
     Returns:
         Per-class and mean metrics, with the classes that failed and the metrics that could not be computed.
     """
     settings = pixel_maps or PixelMapSettings()
+    image_scores_from(np.zeros(0, dtype=np.float32), [], image_score)  # an unknown kind fails before any work
     expert.eval()
     results: list[ClassMetrics] = []
     skipped: list[SkippedFile] = []
@@ -356,9 +377,10 @@ def evaluate_dataset(
     for class_name, class_samples in group_by_class(samples).items():
         class_problems: list[str] = []
         try:
-            kept, scores, maps, class_skipped = score_samples(
+            kept, expert_scores, maps, class_skipped = score_samples(
                 expert, source, class_samples, skip_bad, batch_size, num_workers, settings.source
             )
+            scores = image_scores_from(expert_scores, maps, image_score)
             skipped += class_skipped
             kept_samples = [class_samples[i] for i in kept]
             labels = np.asarray([item.label for item in kept_samples], dtype=bool)
@@ -389,6 +411,8 @@ def evaluate_dataset(
                 "class": class_name,
                 "label": int(labels[i]),
                 "score": float(scores[i]),
+                "expert_score": float(expert_scores[i]),
+                "map_max": float(maps[i].max()),
             }
             for i in shown
         ]

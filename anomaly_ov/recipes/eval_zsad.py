@@ -211,6 +211,7 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
                 aupro=cfg.pixel_maps.aupro,
                 pixel_size=cfg.pixel_size,
             ),
+            image_score=cfg.image_score,
         )
     write_skipped([s for r in results.values() for s in r.skipped], what.out_dir / "skipped_files.json")
     run_dir = run_dir_of(cfg)
@@ -221,6 +222,7 @@ def eval_zsad(cfg: DictConfig) -> dict[str, object]:
         "trained_on": what.trained_on,
         "seen_datasets_evaluated": seen,
         "expert_dtype": str(next(expert.parameters()).dtype).removeprefix("torch."),
+        "image_score": cfg.image_score,
         "datasets": {name: result.to_dict() for name, result in results.items()},
     }
     (what.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -272,3 +272,30 @@ def test_pixel_size_is_named_in_the_results(tiny_parts, tmp_path):
     assert "96x96" in settings.describe() and "each mask's own size" in PixelMapSettings().describe()
     with pytest.raises(ValueError, match="pixel_size"):
         PixelMapSettings(pixel_size=0)
+
+
+def test_image_score_options_rank_the_expert_score_the_map_maximum_or_their_mean(tiny_parts, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    samples = _mvtec(tmp_path, mask_sides=(64, 64, 64))
+    expert = tiny_parts[2]
+    results = {
+        kind: evaluate_dataset("d", samples, expert, _source(tiny_parts), image_score=kind)
+        for kind in ("expert", "map_max", "expert_map_mean")
+    }
+    rows = results["expert"].image_scores
+    labels = [row["label"] for row in rows]
+    expected = {
+        "expert": [row["expert_score"] for row in rows],
+        "map_max": [row["map_max"] for row in rows],
+        "expert_map_mean": [(row["expert_score"] + row["map_max"]) / 2 for row in rows],
+    }
+    for kind, result in results.items():
+        assert [row["score"] for row in result.image_scores] == pytest.approx(expected[kind]), kind
+        assert result.mean["image_auroc"] == pytest.approx(roc_auc_score(labels, expected[kind])), kind
+        # the pixel metrics never depend on the image score
+        assert result.mean["pixel_auroc"] == results["expert"].mean["pixel_auroc"]
+    assert len({round(v, 6) for v in expected["map_max"]}) > 1  # the maps differ between images
+    assert all(0.0 <= row["map_max"] <= 1.0 for row in rows)
+    with pytest.raises(ValueError, match="image score 'top_k' is not one of"):
+        evaluate_dataset("d", samples, expert, _source(tiny_parts), image_score="top_k")
