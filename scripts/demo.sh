@@ -76,18 +76,20 @@ if [ "$zoo" = real ]; then
   # stage 1 on the real tower (H17a): the transfer profile of the synthetic data (12 training classes, grey and
   # colour, 10 defect kinds; make-synthetic --scale transfer), ELPV from the installed elpv-dataset package.
   # The recipe was chosen on the held-out synthetic classes and defect types, never on ELPV (README): DINOv2
-  # hidden states 6, 8, 10, 12 as level taps and 10 as the final tokens, expert width 128, lr 1e-3, 10 epochs
+  # hidden states 6, 8, 10, 12 as level taps, expert width 128, lr 1e-3, 10 epochs
   # of batch 32. The same stage 1 runs on a randomly initialised tower of the same architecture (the gain from
   # pretraining), evaluated on the held-out classes and every 4th ELPV cell.
   scale=transfer
   zoo_step=("$py" -m anomaly_ov.cli make-real-zoo --out "$out/real_zoo")
-  stage1_cfg=(debug=real data=synthetic_transfer 'data.eval=[synthetic_heldout,elpv]'
-    'model.vision.level_layers=[6,8,10,12]' model.vision.final_layer=10 model.expert.expert_dim=128
-    model.expert.attention_dim=128 model.expert.score_hidden_dim=128 optimizer.lr=1.0e-3
-    trainer.fit.epochs=10 trainer.fit.global_batch_size=32)
+  # (the taps and widths are model/vision=dinov2_s14's, model/llm=real_zoo's and model/expert=real_zoo's, so
+  # stage 2 builds the same expert on the same tokens: the final tokens are the top block's, as the projector's)
+  # ELPV: every 4th cell (656 of 2,624, fixed in advance: a tower forward costs ~0.14 s of the 2 cores, all
+  # cells would add ~5 minutes); both towers are scored on the same cells (elpv_quarter = the same subset)
+  stage1_cfg=(debug=real data=synthetic_transfer 'data.eval=[synthetic_heldout,elpv]' optimizer.lr=1.0e-3
+    trainer.fit.epochs=10 trainer.fit.global_batch_size=32 "data.sources.elpv.every=${ANOMALY_OV_DEMO_ELPV_EVERY:-4}")
   if [ "$quick" = 1 ]; then
     scale=transfer_small
-    stage1_cfg+=(data.sources.elpv.every=64 data.sources.elpv_quarter.every=256)
+    stage1_cfg+=(data.sources.elpv.every=64 data.sources.elpv_quarter.every=64)
   fi
   zsad_args=('datasets=[synthetic_heldout,elpv]')
   random_run="$runs/demo_expert_random"
