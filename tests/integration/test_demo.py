@@ -20,6 +20,7 @@ def _demo(outputs: Path, venv: Path, **env: str) -> subprocess.CompletedProcess:
         "ANOMALY_OV_VENV": str(venv),
         "ANOMALY_OV_SKIP_SETUP": "1",
         "OMP_NUM_THREADS": "1",
+        "ANOMALY_OV_DEMO_ZOO": "tiny",  # the toy zoo's demo (the real zoo's: test_real_demo.py)
         **env,
     }
     return subprocess.run(
