@@ -77,8 +77,9 @@ if [ "$zoo" = real ]; then
   # colour, 10 defect kinds; make-synthetic --scale transfer), ELPV from the installed elpv-dataset package.
   # The recipe was chosen on the held-out synthetic classes and defect types, never on ELPV (README): DINOv2
   # hidden states 3, 6, 9, 12 as level taps and the top block as the final tokens (those the projector reads
-  # in stage 2), expert width 128, lr 1e-4, 10 epochs of batch 32. The same stage 1 runs on a randomly initialised tower of the same architecture (the gain from
-  # pretraining), evaluated on the held-out classes and every 4th ELPV cell.
+  # in stage 2), expert width 128, lr 1e-4, 10 epochs of batch 32. The same stage 1 runs on a randomly
+  # initialised tower of the same architecture (the gain from pretraining), evaluated on the held-out classes
+  # and every 4th ELPV cell.
   scale=transfer
   zoo_step=("$py" -m anomaly_ov.cli make-real-zoo --out "$out/real_zoo")
   # (the taps and widths are model/vision=dinov2_s14's, model/llm=real_zoo's and model/expert=real_zoo's, so

@@ -55,17 +55,10 @@ IMAGE_SCORES: tuple[str, ...] = ("expert", "map_max", "expert_map_mean")
 maximum of its anomaly map (the pixel-max score of AnomalyCLIP-style evaluations), or the mean of the two."""
 
 
-def image_scores_from(expert_scores: np.ndarray, maps: Sequence[torch.Tensor], kind: str) -> np.ndarray:
-    """The image score of each image (see :data:`IMAGE_SCORES`) from the expert's scores and its maps.
-
-    Raises:
-        ValueError: If ``kind`` is not one of :data:`IMAGE_SCORES`.
-    """
-    if kind not in IMAGE_SCORES:
-        raise ValueError(f"image score {kind!r} is not one of {list(IMAGE_SCORES)}")
+def _image_scores(expert_scores: np.ndarray, map_max: np.ndarray, kind: str) -> np.ndarray:
+    """Each image's score (``kind`` of :data:`IMAGE_SCORES`) from the expert's scores and its map maxima."""
     if kind == "expert":
         return expert_scores
-    map_max = np.asarray([float(m.max()) for m in maps], dtype=np.float32).reshape(len(maps))
     return map_max if kind == "map_max" else (expert_scores + map_max) / 2
 
 
@@ -366,7 +359,8 @@ def evaluate_dataset(
         Per-class and mean metrics, with the classes that failed and the metrics that could not be computed.
     """
     settings = pixel_maps or PixelMapSettings()
-    image_scores_from(np.zeros(0, dtype=np.float32), [], image_score)  # an unknown kind fails before any work
+    if image_score not in IMAGE_SCORES:  # before any work
+        raise ValueError(f"image score {image_score!r} is not one of {list(IMAGE_SCORES)}")
     expert.eval()
     results: list[ClassMetrics] = []
     skipped: list[SkippedFile] = []
@@ -380,7 +374,8 @@ def evaluate_dataset(
             kept, expert_scores, maps, class_skipped = score_samples(
                 expert, source, class_samples, skip_bad, batch_size, num_workers, settings.source
             )
-            scores = image_scores_from(expert_scores, maps, image_score)
+            map_max = np.asarray([float(m.max()) for m in maps], dtype=np.float32).reshape(len(maps))
+            scores = _image_scores(expert_scores, map_max, image_score)
             skipped += class_skipped
             kept_samples = [class_samples[i] for i in kept]
             labels = np.asarray([item.label for item in kept_samples], dtype=bool)
@@ -412,7 +407,7 @@ def evaluate_dataset(
                 "label": int(labels[i]),
                 "score": float(scores[i]),
                 "expert_score": float(expert_scores[i]),
-                "map_max": float(maps[i].max()),
+                "map_max": float(map_max[i]),
             }
             for i in shown
         ]
