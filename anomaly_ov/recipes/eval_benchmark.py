@@ -15,6 +15,7 @@ settings that change results are kept in ``run.json``; resuming under other sett
 
 import copy
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -412,12 +413,38 @@ def _destroy_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _launched_world_size() -> int:
+    """The number of processes the launcher (torchrun, accelerate launch) started, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _use_cpu(cpu: bool) -> bool:
+    """Whether accelerate's state must be the CPU's: asked for, or several launched processes without CUDA.
+
+    accelerate only recognises a multi-process CPU launch when told ``cpu=True``; otherwise every rank of a
+    ``torchrun`` on a machine without GPUs would think itself the only, main process (each taking the run
+    lock and evaluating every item).
+    """
+    return cpu or (_launched_world_size() > 1 and not torch.cuda.is_available())
+
+
+def _check_world(world_size: int) -> None:
+    """Stops a launch whose processes do not form one group (each would evaluate everything, alone)."""
+    launched = _launched_world_size()
+    if launched != world_size:
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but accelerate sees {world_size}: "
+            "the processes do not form one group; on a machine without GPUs pass cpu=true"
+        )
+
+
 def eval_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Evaluates the configured model on the configured benchmark; returns metrics.json (main process; {}
     on the others).
     """
-    state = PartialState(cpu=bool(cfg.cpu))
+    state = PartialState(cpu=_use_cpu(bool(cfg.cpu)))
     rank, world_size = state.process_index, state.num_processes
+    _check_world(world_size)
     out_dir = Path(cfg.out_dir)
     # one evaluation per out_dir: rank 0 holds the lock, a second start is refused on every rank
     lock = lock_run_folder(out_dir, state.is_main_process, broadcast_object_list, _destroy_process_group)

@@ -23,7 +23,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _overrides(zoo, root, out_dir, *extra):
+def _overrides(zoo, root, out_dir, *extra, cpu=True):
     return [
         f"paths.zoo_dir={zoo.root}",
         f"paths.synthetic_dir={root}",
@@ -33,7 +33,7 @@ def _overrides(zoo, root, out_dir, *extra):
         "generation.max_new_tokens=3",
         "batch_size=4",
         "progress=false",
-        "cpu=true",
+        *(["cpu=true"] if cpu else []),
         # _benchmark_copy links the shared synthetic images into its root: links out of it, allowed here
         "benchmark.allow_outside_root=true",
         *extra,
@@ -358,7 +358,9 @@ def test_two_processes_give_the_files_and_metrics_of_one(tiny_zoo, synthetic_dat
     command = [
         *launcher,
         str(PROJECT / "scripts" / "eval_benchmark.py"),
-        *_overrides(tiny_zoo, root, two, *extra),
+        # without cpu=true: a torchrun on a machine without GPUs must still form one group of 2 (accelerate
+        # alone would give 2 independent main processes, both taking the run lock)
+        *_overrides(tiny_zoo, root, two, *extra, cpu=torch.cuda.is_available()),
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -369,3 +371,19 @@ def test_two_processes_give_the_files_and_metrics_of_one(tiny_zoo, synthetic_dat
     assert (m1.pop("num_processes"), m2.pop("num_processes")) == (1, 2)
     assert m1 == m2
     assert len(read_jsonl(two / "detection.jsonl")) == 9 and not list(two.glob("*.part-*"))
+
+
+def test_a_launch_without_one_process_group_is_refused(monkeypatch):
+    from anomaly_ov.recipes import eval_benchmark as recipe
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert recipe._use_cpu(False)  # 2 launched processes, no GPU: accelerate's CPU group
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not recipe._use_cpu(False) and recipe._use_cpu(True)
+    recipe._check_world(2)
+    with pytest.raises(RuntimeError, match=r"started 2 processes .* sees 1"):
+        recipe._check_world(1)  # each rank alone would evaluate every item and take the run lock
+    monkeypatch.delenv("WORLD_SIZE")
+    assert not recipe._use_cpu(False)
+    recipe._check_world(1)
