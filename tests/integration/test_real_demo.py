@@ -83,6 +83,16 @@ def test_reduced_real_demo_reports_stage2_numbers(real_demo) -> None:
     for model in MODELS:
         assert f"  - {model}: '" in section, model
     assert 'alt="expert heat map' in section
+    # Table 2's ELPV row (all / mono / poly cells) beside the darkness baseline, and the pretrained tower
+    # against the random one of the same architecture (held-out synthetic classes, ELPV): numbers, not dashes
+    ours = re.search(r"\| \*\*Ours[^|]*\*\* \| \*\*([0-9.]+)\*\* \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    darkness = re.search(r"\| darkness baseline [^|]*\| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    assert ours and darkness, text.split("## Zero-shot on real data", 1)[-1][:2000]
+    assert all(0.0 <= float(v) <= 100.0 for v in (*ours.groups(), *darkness.groups()))
+    for tower in ("pretrained DINOv2-S", "random DINOv2-S (same architecture)"):
+        values = _numbers(_row(text, f"{tower} |"))
+        assert len(values) == 2 and all(0.0 <= v <= 100.0 for v in values), tower
+    assert "Gain from pretraining: " in text
     chat = (outputs / "demo_chat.txt").read_text()
     assert "the untuned model" in chat
     stages = [line.split("\t")[0] for line in (outputs / "demo_timings.tsv").read_text().splitlines()]
