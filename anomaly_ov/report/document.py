@@ -364,7 +364,8 @@ def _predict_section(folder: Path, assets: Path) -> str:
         raise ReportInputError(f"{folder / 'predictions.jsonl'}: no predictions")
     rows = [
         [
-            f"`{'/'.join(Path(str(r.get('image'))).parts[-2:])}`",
+            # the class folder, split and defect type: a file name alone repeats across classes
+            f"`{'/'.join(Path(str(r.get('image'))).parts[-4:])}`",
             _number(r.get("score")),
             r.get("severity", "–"),
             repr(r.get("answer")),

@@ -182,7 +182,15 @@ def runs(tmp_path: Path) -> ReportInputs:
     chat.write_text("you> Is there a defect?\nanomaly-ov> Yes.\n")
     _write_jsonl(
         tmp_path / "predict" / "predictions.jsonl",
-        [{"image": "a.png", "score": 0.7, "severity": "moderately", "answer": "Yes."}],
+        [
+            {
+                "image": f"/d/mvtec/{name}/test/crack/000.png",
+                "score": 0.7,
+                "severity": "moderately",
+                "answer": "Yes.",
+            }
+            for name in ("gear", "grass")
+        ],
     )
     timings = tmp_path / "timings.tsv"
     timings.write_text("synthetic data\t3\nstage 1: expert\t40\n")
@@ -232,6 +240,8 @@ def test_report_files_and_numbers(runs: ReportInputs, tmp_path: Path) -> None:
     # provenance and timings
     assert "Run time per stage" in text and "| **total** | 43.0 |" in text
     assert "ZeRO-2" in text and "LoRA rank 8" in text
+    # predict: images of one defect type in two classes are told apart by their class folder
+    assert "| `gear/test/crack/000.png` | 0.700 |" in text and "| `grass/test/crack/000.png` |" in text
     assert "<table>" in (folder / "index.html").read_text()
     assert not list(tmp_path.glob(".report.partial-*"))
 
