@@ -373,7 +373,8 @@ class AnomalyExpert(nn.Module):
         # VT selector: map-weighted mean token of each pooling cell, then attention over the raw tokens.
         # pool_matrix rows average the tokens of one cell, so (pool_matrix * M) @ V = pool(V * M) without
         # materialising the [N, T, D] product.
-        cell_weights = self.pool_matrix * crop_map.unsqueeze(1)  # [N, P, T]
+        # (the buffer in the maps' dtype: a run that casts only the parameters, e.g. DeepSpeed bf16, keeps it)
+        cell_weights = self.pool_matrix.to(crop_map.dtype) * crop_map.unsqueeze(1)  # [N, P, T]
         pooled_map = cell_weights.sum(dim=-1)  # [N, P] = pool(M)
         cell_mass = pooled_map.clamp_min(self.eps).unsqueeze(-1)  # a cell with no abnormality gives q = 0
         queries = torch.bmm(cell_weights, final_tokens) / cell_mass  # [N, P, D]

@@ -54,3 +54,21 @@ def test_bf16_severity_words_agree_away_from_the_thresholds():
     safe = (scores[:, None] - thresholds).abs().min(dim=1).values > 2e-2
     words, half_words = full.severity_words(scores), half.severity_words(half_scores)
     assert all(w == h for w, h, ok in zip(words, half_words, safe, strict=True) if ok)
+
+
+def test_an_expert_whose_parameters_alone_were_cast_to_bf16_runs_as_one_cast_whole():
+    # DeepSpeed's bf16 mode casts a model's parameters, not its non-persistent buffers (the VT selector's
+    # pooling matrix): stage 2 in bf16 failed in torch.bmm (float maps against bf16 tokens)
+    whole, params_only = _expert("bfloat16"), _expert("float32")
+    for parameter in params_only.parameters():
+        parameter.data = parameter.data.bfloat16()
+    assert params_only.pool_matrix.dtype == torch.float32
+    generator = torch.Generator().manual_seed(2)
+    crops = [1, 2]
+    final = torch.randn(sum(crops), 64, 64, generator=generator).bfloat16()
+    levels = [torch.randn(sum(crops), 64, 64, generator=generator).bfloat16() for _ in range(4)]
+    with torch.no_grad():
+        expected, got = whole(final, levels, crops), params_only(final, levels, crops)
+    assert got.scores.dtype == torch.bfloat16
+    torch.testing.assert_close(got.scores, expected.scores, atol=0, rtol=0)
+    torch.testing.assert_close(got.local_tokens, expected.local_tokens, atol=0, rtol=0)
