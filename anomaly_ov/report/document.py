@@ -379,8 +379,17 @@ def _predict_section(folder: Path, assets: Path) -> str:
 
 def _stage2_section(stage1: Stage1Run, stage2: Mapping[str, Stage2Run]) -> str:
     lines = ["## Training curves", "", "![training curves](training_curves.png)", ""]
+    # stage 1: the first and last epochs' mean losses (a single step's loss is one noisy batch: the demo's
+    # last batch holds 16 images, and its loss once equalled the first step's)
+    epochs = stage1.epoch_losses or stage1.losses
     rows = [
-        ["stage 1 expert", len(stage1.losses), _number(stage1.losses[0]), _number(stage1.losses[-1]), "–"]
+        [
+            "stage 1 expert (epoch means)" if stage1.epoch_losses else "stage 1 expert",
+            len(stage1.losses),
+            _number(epochs[0]),
+            _number(epochs[-1]),
+            _number(stage1.metrics.get("seconds"), 1),
+        ]
     ]
     for name, run in stage2.items():
         rows.append(

@@ -240,6 +240,8 @@ def test_report_files_and_numbers(runs: ReportInputs, tmp_path: Path) -> None:
     # provenance and timings
     assert "Run time per stage" in text and "| **total** | 43.0 |" in text
     assert "ZeRO-2" in text and "LoRA rank 8" in text
+    # the stage-1 curve's row: its first and last epochs' mean losses, not two single noisy steps
+    assert _row(text, "stage 1 expert (epoch means) |")[1:4] == ["4", "0.850", "0.650"]
     # predict: images of one defect type in two classes are told apart by their class folder
     assert "| `gear/test/crack/000.png` | 0.700 |" in text and "| `grass/test/crack/000.png` |" in text
     assert "<table>" in (folder / "index.html").read_text()
