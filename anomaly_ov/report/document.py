@@ -131,7 +131,8 @@ def _provenance(
             f"{', '.join(meta.get('heldout_categories', []))}"
         )
     lines.append(
-        f"- stage 1: `{stage1.folder}`: expert on the tower `{lookup(config, 'model.vision.name_or_path')}`, "
+        f"- stage 1: `{stage1.folder}`: expert on the tower `{lookup(config, 'model.vision.name_or_path')}` "
+        f"({lookup(config, 'model.vision.dtype') or 'float32'}), seed {config.get('seed')}, "
         f"{len(stage1.losses)} steps ({len(stage1.epoch_losses)} epochs), "
         f"data {lookup(config, 'data.train')}, "
         f"checkpoint `{stage1.metrics.get('expert')}`"
@@ -140,7 +141,8 @@ def _provenance(
         cfg, metrics = run.config, run.metrics
         expert = lookup(cfg, "model.expert")
         lines.append(
-            f"- stage 2, {name}: `{run.folder}`: LLM `{lookup(cfg, 'model.llm.name_or_path')}`, expert "
+            f"- stage 2, {name}: `{run.folder}`: LLM `{lookup(cfg, 'model.llm.name_or_path')}` "
+            f"({lookup(cfg, 'model.llm.dtype') or 'float32'}), seed {cfg.get('seed')}, expert "
             f"{'`' + str(expert.get('checkpoint')) + '`' if isinstance(expert, dict) else 'none'}, tuning "
             f"`{cfg.get('tuning')}`"
             + (
@@ -160,9 +162,11 @@ def _provenance(
             f"{lookup(settings, 'model.llm.name_or_path')} with "
             f"{'no expert' if lookup(settings, 'model.expert') is None else 'its expert'} (untuned)"
         )
+        # an absolute detection file (the demo's split) stands alone: pathlib joins it so
+        benchmark = Path(str(lookup(settings, "benchmark.root")))
+        benchmark /= str(lookup(settings, "benchmark.detection_file"))
         lines.append(
-            f"- evaluation, {name}: `{bench.folder}`: model `{model}`, benchmark "
-            f"`{lookup(settings, 'benchmark.root')}/{lookup(settings, 'benchmark.detection_file')}`, "
+            f"- evaluation, {name}: `{bench.folder}`: model `{model}`, benchmark `{benchmark}`, "
             "protocol "
             f"{lookup(settings, 'detection.protocol')}, max_new_tokens "
             f"{lookup(settings, 'generation.max_new_tokens')}"

@@ -105,7 +105,15 @@ def runs(tmp_path: Path) -> ReportInputs:
         stage1 / "train_metrics.json",
         {"losses": [0.9, 0.8, 0.7, 0.6], "epoch_losses": [0.85, 0.65], "steps_per_epoch": 2, "expert": "e"},
     )
-    (stage1 / "config.yaml").write_text(yaml.safe_dump({"paths": {"synthetic_dir": str(synthetic)}}))
+    (stage1 / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "paths": {"synthetic_dir": str(synthetic)},
+                "seed": 2,
+                "model": {"vision": {"dtype": "bfloat16"}},
+            }
+        )
+    )
     zsad = stage1 / "eval" / "demo"
     class_metrics = {
         "num_images": 20,
@@ -149,7 +157,12 @@ def runs(tmp_path: Path) -> ReportInputs:
         )
         config = {
             "tuning": "lora",
-            "model": {"lora": {"rank": 8}, "expert": {"checkpoint": "e"} if name == "with" else None},
+            "seed": 1,
+            "model": {
+                "llm": {"dtype": "bfloat16"},
+                "lora": {"rank": 8},
+                "expert": {"checkpoint": "e"} if name == "with" else None,
+            },
             "trainer": {"accelerator": {"zero_stage": 2}},
         }
         (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -240,6 +253,11 @@ def test_report_files_and_numbers(runs: ReportInputs, tmp_path: Path) -> None:
     # provenance and timings
     assert "Run time per stage" in text and "| **total** | 43.0 |" in text
     assert "ZeRO-2" in text and "LoRA rank 8" in text
+    # the dtype and seed of each training run; the benchmark file of each evaluation
+    assert "(bfloat16), seed 2, 4 steps (2 epochs)" in text
+    assert "(bfloat16), seed 1, expert `e`" in text and "(bfloat16), seed 1, expert none" in text
+    untuned_file = runs.benchmark["Untuned"].parent / "synthetic" / "visa_dr" / "test_data.json"
+    assert f"benchmark `{untuned_file}`" in text
     # the stage-1 curve's row: its first and last epochs' mean losses, not two single noisy steps
     assert _row(text, "stage 1 expert (epoch means) |")[1:4] == ["4", "0.850", "0.650"]
     # predict: images of one defect type in two classes are told apart by their class folder
