@@ -107,6 +107,20 @@ def test_same_seed_writes_identical_bytes_and_another_seed_differs(synthetic_dat
     assert _load(tmp_path / "other" / "meta.json")["seed"] == 1
 
 
+def test_worker_processes_write_the_same_bytes_as_one_process(synthetic_data, tmp_path, monkeypatch):
+    # a large dataset (the demo's transfer profile) is rendered by one process per core: the same files
+    from anomaly_ov.data.synthetic import write
+
+    monkeypatch.setattr(write, "PARALLEL_MIN_IMAGES", 0)
+    monkeypatch.setenv("ANOMALY_OV_SYNTHETIC_WORKERS", "2")
+    spawned = []
+    real_pool = write.ProcessPoolExecutor
+    monkeypatch.setattr(write, "ProcessPoolExecutor", lambda *a, **k: spawned.append(a) or real_pool(*a, **k))
+    parallel = generate_synthetic(tmp_path / "parallel", seed=0, scale="small")
+    assert spawned == [(2,)]
+    assert _files(parallel.root) == _files(synthetic_data.root)
+
+
 def test_split_and_meta(synthetic_data):
     meta = _load(synthetic_data.meta_json)
     train, heldout = set(synthetic_data.train_categories), set(synthetic_data.heldout_categories)

@@ -4,10 +4,13 @@
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +183,55 @@ def _samples(category: Category, plan: Scale) -> list[tuple[str, str | None, int
     return samples
 
 
+PARALLEL_MIN_IMAGES = 400
+"""A dataset of at least this many images is rendered by one process per core
+(``ANOMALY_OV_SYNTHETIC_WORKERS`` sets the count); smaller ones in this process, where starting the workers
+would cost more than it saves."""
+
+
+def _render_category(
+    job: tuple[int, str, int, Path],
+) -> list[tuple[str, str | None, int, str, Facts]]:
+    """Render and save every image (and mask) of one class: ``(seed, scale, class index, root)``.
+
+    Returns:
+        ``(split, defect, index, relative path, facts)`` of each image, in :func:`_samples` order.
+    """
+    seed, scale, class_index, root = job
+    plan = SCALES[scale]
+    profile = PROFILES[plan.profile]
+    category = profile.categories[class_index]
+    rendered = []
+    for split, defect, index in _samples(category, plan):
+        _, image, mask = profile.render(seed, category.name, split, defect, index, plan.image_size)
+        relative = f"mvtec/{category.name}/{split}/{defect or 'good'}/{index:03d}.png"
+        _save_png(image, root / relative)
+        facts = Facts(noun=category.noun, defect=defect)
+        if defect is not None:
+            _save_png(mask, root / f"mvtec/{category.name}/ground_truth/{defect}/{index:03d}_mask.png")
+            facts = Facts(category.noun, defect, describe_location(mask), describe_size(mask))
+        rendered.append((split, defect, index, relative, facts))
+    return rendered
+
+
+def _render_all(seed: int, scale: str, root: Path) -> list[list[tuple[str, str | None, int, str, Facts]]]:
+    """:func:`_render_category` of every class, in class order, over worker processes for a large dataset
+    (each sample draws from its own seeded generator, so the files are the same either way).
+    """
+    plan = SCALES[scale]
+    categories = PROFILES[plan.profile].categories
+    jobs = [(seed, scale, index, root) for index in range(len(categories))]
+    images = sum(len(_samples(category, plan)) for category in categories)
+    workers = int(os.environ.get("ANOMALY_OV_SYNTHETIC_WORKERS", len(os.sched_getaffinity(0))))
+    if workers < 2 or images < PARALLEL_MIN_IMAGES:
+        return [_render_category(job) for job in jobs]
+    # spawn: the caller may hold threads (torch's pools) that a forked child would inherit locked
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        return list(pool.map(_render_category, jobs))
+
+
 def generate_synthetic(
     out_dir: str | Path, seed: int = 0, scale: str = "default", overwrite: bool = False
 ) -> SyntheticDataset:
@@ -216,21 +268,14 @@ def generate_synthetic(
     reasoning: list[dict[str, object]] = []
     counts: dict[str, dict[str, int]] = {}
 
-    for class_index, category in enumerate(profile.categories):
-        plan_samples = _samples(category, plan)
+    rendered = _render_all(seed, scale, root)
+    for class_index, (category, images) in enumerate(zip(profile.categories, rendered, strict=True)):
         counts[category.name] = {
             "train_good": plan.train_good,
             "test_good": plan.test_good,
-            "test_anomalous": sum(defect is not None for _, defect, _ in plan_samples),
+            "test_anomalous": sum(defect is not None for _, defect, _, _, _ in images),
         }
-        for split, defect, index in plan_samples:
-            _, image, mask = profile.render(seed, category.name, split, defect, index, size)
-            relative = f"mvtec/{category.name}/{split}/{defect or 'good'}/{index:03d}.png"
-            _save_png(image, root / relative)
-            facts = Facts(noun=category.noun, defect=defect)
-            if defect is not None:
-                _save_png(mask, root / f"mvtec/{category.name}/ground_truth/{defect}/{index:03d}_mask.png")
-                facts = Facts(category.noun, defect, describe_location(mask), describe_size(mask))
+        for split, defect, index, relative, facts in images:
             if not category.heldout:
                 role = role_code(split, None) if defect is None else 2 + profile.defect_types.index(defect)
                 text_rng = np.random.default_rng([seed, 1, class_index, role, index])
