@@ -62,14 +62,14 @@ if [ "$zoo" = real ]; then
   if [ "$dtype" = auto ]; then  # emulated bfloat16 (no native instructions) would be slower than float32
     if grep -q -m1 -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then dtype=bfloat16; else dtype=float32; fi
   fi
-  # stage 2 in bfloat16: DeepSpeed keeps float32 master weights in the optimizer; the exported model folders
-  # say bfloat16, so the evaluations, predict and chat load them so
-  llm_dtype=("model.llm.dtype=$dtype")
-  [ "$dtype" = bfloat16 ] && llm_dtype+=(trainer.accelerator.bf16=true)
-  expert_dtype=("model.expert.dtype=$dtype")
-  # stage 1's expert steps under bf16 autocast there too (its features are the bf16 tower's)
-  stage1_precision=()
-  [ "$dtype" = bfloat16 ] && stage1_precision=(trainer.accelerator.mixed_precision=bf16)
+  llm_dtype=("model.llm.dtype=$dtype") expert_dtype=("model.expert.dtype=$dtype") stage1_precision=()
+  if [ "$dtype" = bfloat16 ]; then
+    # stage 2 in DeepSpeed's bf16 mode (float32 master weights in the optimizer); the exported model folders
+    # say bfloat16, so the evaluations, predict and chat load them so
+    llm_dtype+=(trainer.accelerator.bf16=true)
+    # stage 1's expert steps under bf16 autocast (its features are the bf16 tower's)
+    stage1_precision=(trainer.accelerator.mixed_precision=bf16)
+  fi
   # one sample costs ~4.5 s of a core on SmolLM2 (configs/finetune_recipe/real_demo.yaml): a few dozen
   # detection-first conversations; the evaluations take a few images of every class, and ELPV cells
   if [ "$quick" = 1 ]; then
@@ -86,7 +86,7 @@ if [ "$zoo" = real ]; then
   stage2=("data.mixture=$split/mixture_turns.yaml")  # one epoch of its first N conversations
   untuned_name="Untuned (real-zoo LLaVA-OV + expert)"
   untuned=(model/llm=real_zoo model/expert=real_zoo "$expert" model.llm.anyres=false "model.llm.dtype=$dtype"
-    "model.expert.dtype=$dtype")
+    "${expert_dtype[@]}")
   release_files=("benchmark.detection_file=$split/heldout_test.json"
     "benchmark.reasoning_file=$split/reasoning.json")
   # the split's images are links to the synthetic data and the ELPV package: outside the root, allowed
